@@ -1,0 +1,42 @@
+"""asynclock: asyncio-native distributed locks on Redis.
+
+``async with Mutex(client, "jobs:report"):`` means exactly one holder runs the body,
+across every process that shares the Redis server, and keeps meaning it when the
+body outlives its TTL (auto-extend), when the lease is lost (the body is cancelled
+and ``LockLost`` raised), and when a task is cancelled halfway through an acquire.
+"""
+
+from ._errors import LockBackendError as LockBackendError
+from ._errors import LockError as LockError
+from ._errors import LockLost as LockLost
+from ._errors import LockNotAcquired as LockNotAcquired
+from ._errors import LockNotOwned as LockNotOwned
+from ._lease import Lease as Lease
+from ._mutex import Mutex as Mutex
+from ._retry import ExponentialBackoff as ExponentialBackoff
+from ._retry import LimitRetries as LimitRetries
+from ._retry import LinearBackoff as LinearBackoff
+from ._retry import NoRetry as NoRetry
+from ._retry import RetryStrategy as RetryStrategy
+
+__all__ = [
+    "ExponentialBackoff",
+    "Lease",
+    "LimitRetries",
+    "LinearBackoff",
+    "LockBackendError",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
+    "LockNotOwned",
+    "Mutex",
+    "NoRetry",
+    "RetryStrategy",
+]
+
+__version__ = "0.1.0"
+
+# Show the public names as asynclock.X in reprs, tracebacks and docs.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

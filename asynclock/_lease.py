@@ -1,0 +1,762 @@
+"""The lease lifecycle that every primitive shares.
+
+A primitive (``Mutex`` and the others) contributes a :class:`Resource`: the keys and
+Lua scripts that acquire, extend and release one holding in Redis. Everything else
+lives here, written once: waiting and retrying, the lease's deadline, the watchdog
+that extends the lease beside the critical section, loss (cancel the body, raise
+``LockLost``), cancellation safety and error mapping.
+
+Timeline of one holding, on the client's monotonic clock::
+
+    sent ──acquire──► reply          the server sets PX ttl somewhere in between
+     │
+     ├─ deadline = sent + ttl - drift            the lease certainly runs at least this long
+     │
+     ├─ every extend_interval: extend ──► deadline = extend_sent + ttl - drift
+     │
+     └─ now >= deadline, no extension succeeded: the lease is LOST, at once, on our
+        own clock, before the server can hand the name to someone else.
+
+Measuring from *before* the command was sent makes the deadline conservative: the
+server's expiry can only be later. The drift allowance (1 % of the TTL plus 2 ms, as in
+Redlock) covers the two clocks running at slightly different rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import random
+import secrets
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Protocol, TypeVar
+
+import redis
+from redis.exceptions import RedisError
+
+from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
+from ._retry import DEFAULT_RETRY, NoRetry, RetryStrategy
+from ._validate import MIN_TTL, check_optional_seconds, check_seconds
+
+_log = logging.getLogger("asynclock")
+_T = TypeVar("_T")
+
+#: A hook called with the ``LockLost`` error when a lease is lost; it may be async.
+OnLost = Callable[[LockLost], Awaitable[None] | None]
+
+# The longest a release may take before it is given up (the lease then expires on its
+# own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
+_RELEASE_TIMEOUT_CAP: Final = 10.0
+_RELEASE_TIMEOUT_FLOOR: Final = 0.1
+
+
+# --- decisions without I/O -------------------------------------------------------------
+
+
+def drift_allowance(ttl: float) -> float:
+    """Return how much of a ``ttl`` lease the client gives up for clock drift.
+
+    1 % of the TTL plus 2 ms: the allowance of the Redlock algorithm for two clocks
+    that run at slightly different rates, plus timer granularity.
+    """
+    return ttl * 0.01 + 0.002
+
+
+def lease_deadline(sent_at: float, ttl: float) -> float:
+    """Return when a lease whose command was sent at ``sent_at`` certainly still holds.
+
+    The server set the expiry at or after ``sent_at``, so the lease lasts at least
+    until ``sent_at + ttl`` on the server's clock; the drift allowance covers the
+    clocks' disagreement about the length of ``ttl``.
+    """
+    return sent_at + ttl - drift_allowance(ttl)
+
+
+def extension_retry_pause(extend_interval: float, failures: int) -> float:
+    """Return the pause before retrying an extension after ``failures`` failures.
+
+    Starts at 50 ms and doubles, but never waits longer than half an interval: the
+    lease's deadline, not this pause, decides when retrying stops.
+    """
+    pause: float = min(extend_interval / 2, 0.05 * 2.0 ** (failures - 1))
+    return pause * (0.5 + random.random() / 2)
+
+
+# --- what a primitive contributes ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer of one acquire attempt.
+
+    :ivar acquired: whether the caller now holds the lease
+    :ivar fencing_tokens: one fencing token per name, when acquired
+    :ivar retry_after: when not acquired, seconds until the holder's lease runs out,
+        if known; a waiter never sleeps longer than this
+    """
+
+    acquired: bool
+    fencing_tokens: tuple[int, ...]
+    retry_after: float | None = None
+
+
+class Resource(Protocol):
+    """The keys and scripts of one primitive: all it adds to the shared lifecycle.
+
+    Every method is one atomic script call (or one read) keyed by the caller's token,
+    so the lifecycle can retry, extend and clean up without knowing the data layout.
+    """
+
+    @property
+    def description(self) -> str:
+        """The lock's name(s), for messages."""
+        ...
+
+    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
+        """Try once to take the lease for ``token`` with a ``ttl_ms`` expiry."""
+        ...
+
+    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
+        """Reset the expiry to ``ttl_ms`` if ``token`` still holds; never re-create."""
+        ...
+
+    async def release(self, client: Any, token: str) -> bool:
+        """Give back what ``token`` holds; report whether it held all of it."""
+        ...
+
+    async def locked(self, client: Any) -> bool:
+        """Report whether anyone holds the lock."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """The timing settings of a lock, checked once at construction.
+
+    :ivar ttl: the lease's time to live, in seconds
+    :ivar extend_interval: seconds between extensions while held
+    :ivar auto_extend: whether a watchdog extends the lease while it is held
+    :ivar max_hold: the longest a lease may be held in all, or ``None``
+    :ivar on_lost: called with the ``LockLost`` error when a lease is lost
+    """
+
+    ttl: float
+    extend_interval: float
+    auto_extend: bool
+    max_hold: float | None
+    on_lost: OnLost | None
+
+    @classmethod
+    def build(
+        cls,
+        ttl: object,
+        extend_interval: object,
+        auto_extend: object,
+        max_hold: object,
+        on_lost: object,
+    ) -> LeasePolicy:
+        """Validate the arguments and return the policy they describe."""
+        checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL)
+        if extend_interval is None:
+            interval = checked_ttl / 3
+        else:
+            interval = check_seconds(extend_interval, "extend_interval")
+            if interval >= checked_ttl:
+                raise ValueError(
+                    f"extend_interval ({interval} s) must be shorter than ttl ({checked_ttl} s)"
+                )
+        if not isinstance(auto_extend, bool):
+            raise TypeError(f"auto_extend must be a bool, not {type(auto_extend).__name__}")
+        if on_lost is not None and not callable(on_lost):
+            raise TypeError("on_lost must be a callable taking the LockLost error")
+        return cls(
+            ttl=checked_ttl,
+            extend_interval=interval,
+            auto_extend=auto_extend,
+            max_hold=check_optional_seconds(max_hold, "max_hold"),
+            on_lost=on_lost,  # checked callable above
+        )
+
+    @property
+    def ttl_ms(self) -> int:
+        """The TTL in whole milliseconds, rounded up so the server never holds less."""
+        return math.ceil(self.ttl * 1000)
+
+
+# --- helpers for cancellation ----------------------------------------------------------
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` in the background, keeping a reference until it is done."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _complete_despite_cancel(aw: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``aw`` to its end even if the caller is cancelled meanwhile.
+
+    A release or a clean-up must not be cut off halfway by the cancellation that
+    triggered it. The work runs in its own task; a cancellation of the caller is
+    remembered and raised once the work is done, so the caller still ends cancelled.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled, not only the caller
+                raise
+            cancelled = True
+            continue
+        except BaseException:
+            if cancelled:
+                raise asyncio.CancelledError from None
+            raise
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _release_by_token(resource: Resource, client: Any, token: str, timeout: float) -> bool:
+    """Delete whatever ``token`` holds, within ``timeout`` seconds; map failures."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await resource.release(client, token)
+    except TimeoutError as exc:
+        raise LockBackendError(resource.description, "release", exc) from exc
+    except RedisError as exc:
+        raise LockBackendError(resource.description, "release", exc) from exc
+
+
+async def _clean_up(resource: Resource, client: Any, token: str, timeout: float) -> None:
+    """Best-effort release by token, after an acquire of unknown outcome or a loss."""
+    try:
+        await _release_by_token(resource, client, token, timeout)
+    except LockBackendError as exc:
+        _log.warning(
+            "could not clean up lock %r; it expires on its own within its TTL: %s",
+            resource.description,
+            exc,
+        )
+
+
+# --- one holding ------------------------------------------------------------------------
+
+_HELD: Final = "held"
+_LOST: Final = "lost"
+_RELEASED: Final = "released"
+
+
+class Lease:
+    """One holding of a lock: its token, fencing tokens, deadline and watchdog.
+
+    ``async with lock as lease`` gives it to the body. A lease belongs to the task
+    that acquired it; its token never leaves this object, so tasks sharing a lock
+    object cannot release each other's holdings.
+
+    :ivar token: the random owner token stored in Redis
+    :ivar fencing_tokens: one fencing token per name, strictly increasing per name
+        across successive holders
+    :ivar acquired_at: when the acquire command was sent, on ``time.monotonic()``
+    :ivar extensions: how many extensions have succeeded
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_cancelled_holder",
+        "_client",
+        "_deadline",
+        "_exiting",
+        "_hold_limit",
+        "_holder",
+        "_loss",
+        "_policy",
+        "_resource",
+        "_server_expiry",
+        "_state",
+        "_watchdog",
+        "acquired_at",
+        "extensions",
+        "fencing_tokens",
+        "token",
+    )
+
+    def __init__(
+        self,
+        resource: Resource,
+        client: Any,
+        policy: LeasePolicy,
+        token: str,
+        fencing_tokens: tuple[int, ...],
+        sent_at: float,
+        replied_at: float,
+    ) -> None:
+        self._resource = resource
+        self._client = client
+        self._policy = policy
+        self.token = token
+        self.fencing_tokens = fencing_tokens
+        self.acquired_at = sent_at
+        self.extensions = 0
+        self._deadline = lease_deadline(sent_at, policy.ttl)
+        # The latest moment the server may still hold the key if nothing extends it.
+        self._server_expiry = replied_at + policy.ttl
+        self._hold_limit = None if policy.max_hold is None else sent_at + policy.max_hold
+        self._state: str = _HELD
+        self._loss: LockLost | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._holder: asyncio.Task[Any] | None = None
+        self._exiting = False
+        self._cancelled_holder = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Lease {self._resource.description!r} {self._state} "
+            f"fencing_tokens={self.fencing_tokens} remaining={self.remaining:.3f}s>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The lock's name (names joined with ``", "`` for a lock over several)."""
+        return self._resource.description
+
+    @property
+    def fencing_token(self) -> int:
+        """The fencing token of the (first) name: pass it to storage that checks it."""
+        return self.fencing_tokens[0]
+
+    @property
+    def deadline(self) -> float:
+        """Until when, on ``time.monotonic()``, the lease certainly holds."""
+        return self._deadline
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until the deadline, or 0 once it has passed or the lease ended."""
+        if self._state is not _HELD:
+            return 0.0
+        return max(0.0, self._deadline - time.monotonic())
+
+    @property
+    def owned(self) -> bool:
+        """Whether the lease is held: not released, not lost, deadline not passed."""
+        return self._state is _HELD and time.monotonic() < self._deadline
+
+    @property
+    def lost(self) -> LockLost | None:
+        """The ``LockLost`` error if the lease was lost, else ``None``."""
+        return self._loss
+
+    async def extend(self) -> None:
+        """Reset the lease's TTL to the full ``ttl`` now.
+
+        :raises LockNotOwned: the lease was released or lost, its deadline passed, or
+            Redis no longer holds our token (then the lease counts as lost)
+        :raises LockBackendError: Redis could not be reached; the lease is unchanged
+            and the watchdog, if any, keeps trying until the deadline
+        """
+        self._check_held()
+        sent = time.monotonic()
+        try:
+            ok = await self._resource.extend(self._client, self.token, self._policy.ttl_ms)
+        except RedisError as exc:
+            raise LockBackendError(self.name, "extend", exc) from exc
+        if not ok:
+            self._lose("the token was gone when extending: the lease expired or was deleted")
+        self._check_held()
+        self._extended(sent)
+
+    async def release(self) -> None:
+        """Give the lock back; the release runs to its end even if cancelled.
+
+        :raises LockNotOwned: the lease was lost (before or at the release) or was
+            already released
+        :raises LockBackendError: Redis could not be reached; the lease is given up
+            all the same and expires on its own within ``ttl``
+        """
+        if self._state is _RELEASED:
+            raise LockNotOwned(self.name, "already released")
+        if not await self._release():
+            raise LockNotOwned(self.name, self._loss.reason if self._loss else "lost")
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_held(self) -> None:
+        if self._state is _HELD and time.monotonic() >= self._deadline:
+            self._lose("the lease ran out before an extension succeeded")
+        if self._state is _LOST:
+            assert self._loss is not None
+            raise LockNotOwned(self.name, self._loss.reason)
+        if self._state is _RELEASED:
+            raise LockNotOwned(self.name, "already released")
+
+    def _extended(self, sent: float) -> None:
+        self._deadline = max(self._deadline, lease_deadline(sent, self._policy.ttl))
+        self._server_expiry = max(self._server_expiry, time.monotonic() + self._policy.ttl)
+        self.extensions += 1
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = asyncio.ensure_future(self._watch())
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None and not self._watchdog.done():
+            self._watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Extend the lease every ``extend_interval``; declare it lost at its deadline.
+
+        Transient errors (connection lost, timeout) are retried with a short backoff
+        until the deadline; a reply saying the token is gone is a loss at once. With
+        ``auto_extend`` off the watchdog only keeps the deadline (and ``max_hold``).
+        """
+        policy = self._policy
+        next_extension = self.acquired_at + policy.extend_interval
+        failures = 0
+        while self._state is _HELD:
+            now = time.monotonic()
+            if now >= self._deadline:
+                self._lose("the lease ran out before an extension succeeded")
+                return
+            if self._hold_limit is not None and now >= self._hold_limit:
+                self._lose(f"held longer than max_hold ({policy.max_hold} s)")
+                return
+            wake = self._deadline
+            if self._hold_limit is not None:
+                wake = min(wake, self._hold_limit)
+            if policy.auto_extend:
+                wake = min(wake, next_extension)
+            if now < wake:
+                await asyncio.sleep(wake - now)
+                continue
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(self._deadline - sent):
+                    ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
+            except (RedisError, TimeoutError, OSError) as exc:
+                failures += 1
+                _log.warning(
+                    "extending lock %r failed (%d in a row, %.3f s left): %r",
+                    self.name,
+                    failures,
+                    max(0.0, self._deadline - time.monotonic()),
+                    exc,
+                )
+                next_extension = time.monotonic() + extension_retry_pause(
+                    policy.extend_interval, failures
+                )
+                continue
+            if self._state is not _HELD:
+                return
+            if not ok:
+                self._lose("the token was gone when extending: the lease expired or was deleted")
+                return
+            self._extended(sent)
+            failures = 0
+            next_extension = sent + policy.extend_interval
+
+    def _lose(self, reason: str) -> None:
+        """Mark the lease lost: cancel the body that holds it, clean up, call the hook."""
+        if self._state is not _HELD:
+            return
+        self._state = _LOST
+        loss = self._loss = LockLost(self.name, reason)
+        _log.warning("lost lock %r: %s", self.name, reason)
+        holder = self._holder
+        if (
+            holder is not None
+            and not self._exiting
+            and not holder.done()
+            and holder is not asyncio.current_task()
+        ):
+            holder.cancel(msg=f"asynclock: {loss}")
+            self._cancelled_holder = True
+        if asyncio.current_task() is not self._watchdog:
+            self._stop_watchdog()
+        # The key may still hold our token (an extension that could not get through,
+        # or max_hold): delete it, so the next holder need not wait for the TTL.
+        _spawn(_clean_up(self._resource, self._client, self.token, self._release_timeout()))
+        if self._policy.on_lost is not None:
+            _spawn(_call_hook(self._policy.on_lost, loss))
+
+    def _release_timeout(self) -> float:
+        left = self._server_expiry - time.monotonic()
+        return min(max(left, _RELEASE_TIMEOUT_FLOOR), _RELEASE_TIMEOUT_CAP)
+
+    async def _release(self) -> bool:
+        """Stop the watchdog and release; return whether the lease was still ours."""
+        self._stop_watchdog()
+        if self._state is not _HELD:
+            return False
+        self._state = _RELEASED
+        ours = await _complete_despite_cancel(
+            _release_by_token(self._resource, self._client, self.token, self._release_timeout())
+        )
+        if not ours:
+            self._state = _LOST
+            self._loss = LockLost(
+                self.name, "the lease was gone at release: it expired or was deleted"
+            )
+        return ours
+
+
+async def _call_hook(hook: OnLost, loss: LockLost) -> None:
+    try:
+        result = hook(loss)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        _log.exception("the on_lost hook of lock %r raised", loss.name)
+
+
+# --- the lock object: acquire, wait, hold, release ----------------------------------------
+
+
+class _Unset:
+    """The type of :data:`_UNSET`."""
+
+
+_UNSET: Final = _Unset()
+
+
+class LeaseLock:
+    """The shared face of every primitive: acquire, wait, hold, extend, release.
+
+    A lock object describes a lock; each acquisition makes a :class:`Lease`, kept
+    per task. Several tasks may share one lock object: each acquires and releases
+    its own lease, with its own token, as separate contenders would. A task that
+    already holds the lock through this object cannot acquire it again (the lock
+    is not reentrant; waiting on oneself would never end).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        resource: Resource,
+        *,
+        ttl: float,
+        timeout: float | None,
+        blocking: bool,
+        auto_extend: bool,
+        extend_interval: float | None,
+        max_hold: float | None,
+        retry: RetryStrategy | None,
+        on_lost: OnLost | None,
+    ) -> None:
+        _check_client(client)
+        self._client = client
+        self._resource = resource
+        self._policy = LeasePolicy.build(ttl, extend_interval, auto_extend, max_hold, on_lost)
+        self._timeout = check_optional_seconds(timeout, "timeout")
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be a bool, not {type(blocking).__name__}")
+        self._blocking = blocking
+        if retry is not None and not callable(getattr(retry, "delays", None)):
+            raise TypeError("retry must be a retry strategy (an object with a delays() method)")
+        self._retry = DEFAULT_RETRY if retry is None else retry
+        self._leases: weakref.WeakKeyDictionary[asyncio.Task[Any], Lease] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._resource.description!r} ttl={self._policy.ttl}>"
+
+    @property
+    def ttl(self) -> float:
+        """The lease's time to live, in seconds."""
+        return self._policy.ttl
+
+    @property
+    def lease(self) -> Lease | None:
+        """The current task's lease through this object, or ``None``."""
+        task = asyncio.current_task()
+        return None if task is None else self._leases.get(task)
+
+    @property
+    def owned(self) -> bool:
+        """Whether the current task holds the lock through this object (local check)."""
+        lease = self.lease
+        return lease is not None and lease.owned
+
+    async def locked(self) -> bool:
+        """Ask Redis whether anyone holds the lock now."""
+        try:
+            return await self._resource.locked(self._client)
+        except RedisError as exc:
+            raise LockBackendError(self._resource.description, "inspection", exc) from exc
+
+    async def acquire(
+        self, blocking: bool | None = None, timeout: float | _Unset | None = _UNSET
+    ) -> bool:
+        """Acquire the lock for the current task; return whether it was acquired.
+
+        :param blocking: wait for the lock if it is held (default: the constructor's)
+        :param timeout: the longest wait in seconds, ``None`` for no limit (default:
+            the constructor's); not allowed with ``blocking=False``
+        :returns: ``True`` once Redis holds our token; ``False`` if the lock was held
+            and we did not wait, the timeout passed, or the retry strategy gave up
+        :raises LockError: the current task already holds the lock through this object
+        :raises LockBackendError: Redis could not be reached or failed the command;
+            whatever the attempt may have taken was released by token
+        :raises asyncio.CancelledError: as usual; a cancelled acquire leaves nothing
+            held, even if its command had already reached Redis
+        """
+        if blocking is None:
+            blocking = self._blocking
+        elif not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be a bool, not {type(blocking).__name__}")
+        if isinstance(timeout, _Unset):
+            wait_limit = self._timeout if blocking else None
+        elif not blocking:
+            raise ValueError("a timeout cannot be given with blocking=False")
+        else:
+            wait_limit = check_optional_seconds(timeout, "timeout")
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("acquire() must be called from an asyncio task")
+        held = self._leases.get(task)
+        if held is not None and held._state is _HELD:
+            raise LockError(f"lock {self._resource.description!r} is already held by this task")
+
+        lease = await self._obtain(blocking, wait_limit)
+        if lease is None:
+            return False
+        self._leases[task] = lease
+        lease._start_watchdog()
+        return True
+
+    async def _obtain(self, blocking: bool, wait_limit: float | None) -> Lease | None:
+        """Try, wait and retry until the lease is ours, or give up (``None``)."""
+        resource, client, policy = self._resource, self._client, self._policy
+        token = secrets.token_hex(16)
+        delays = self._retry.delays() if blocking else NoRetry().delays()
+        loop = asyncio.get_running_loop()
+        give_up_at = None if wait_limit is None else loop.time() + wait_limit
+        in_flight = False
+        try:
+            async with asyncio.timeout_at(give_up_at):
+                while True:
+                    sent = time.monotonic()
+                    in_flight = True
+                    grant = await resource.acquire(client, token, policy.ttl_ms)
+                    in_flight = False
+                    if grant.acquired:
+                        return Lease(
+                            resource,
+                            client,
+                            policy,
+                            token,
+                            grant.fencing_tokens,
+                            sent,
+                            time.monotonic(),
+                        )
+                    delay = next(delays, None)
+                    if delay is None:
+                        return None
+                    if grant.retry_after is not None:
+                        delay = min(delay, grant.retry_after)
+                    await asyncio.sleep(delay)
+        except TimeoutError:
+            # The wait ran out, possibly while an attempt was in flight whose command
+            # may have reached Redis: release by token so nothing stays held.
+            if in_flight:
+                await self._abandon(token)
+            return None
+        except asyncio.CancelledError:
+            if in_flight:
+                await self._abandon(token)
+            raise
+        except (RedisError, OSError) as exc:
+            await self._abandon(token)
+            raise LockBackendError(resource.description, "acquire", exc) from exc
+
+    async def _abandon(self, token: str) -> None:
+        """Release by token after an acquire whose outcome is unknown."""
+        timeout = min(max(self._policy.ttl, _RELEASE_TIMEOUT_FLOOR), _RELEASE_TIMEOUT_CAP)
+        await _complete_despite_cancel(_clean_up(self._resource, self._client, token, timeout))
+
+    def _current_lease(self) -> Lease:
+        lease = self.lease
+        if lease is None:
+            raise LockNotOwned(self._resource.description, "not acquired by this task")
+        return lease
+
+    async def extend(self) -> None:
+        """Reset the current task's lease to the full ``ttl``; see :meth:`Lease.extend`."""
+        await self._current_lease().extend()
+
+    async def release(self) -> None:
+        """Release the current task's lease; see :meth:`Lease.release`."""
+        lease = self._current_lease()
+        task = asyncio.current_task()
+        assert task is not None
+        del self._leases[task]
+        await lease.release()
+
+    async def __aenter__(self) -> Lease:
+        started = time.monotonic()
+        if not await self.acquire():
+            raise LockNotAcquired(self._resource.description, time.monotonic() - started)
+        lease = self._current_lease()
+        lease._holder = asyncio.current_task()
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        lease = self._leases.pop(task, None)
+        if lease is None:  # released by hand inside the body
+            return
+        lease._exiting = True  # from here on, a loss must not cancel this task
+        ours_cancel_only = False
+        if lease._cancelled_holder:
+            # Balance the cancel() the watchdog issued; if no other cancellation is
+            # pending, the CancelledError is ours to turn into LockLost.
+            ours_cancel_only = task.uncancel() == 0
+        release_error: LockBackendError | None = None
+        try:
+            await lease._release()
+        except LockBackendError as error:
+            release_error = error
+        loss = lease._loss
+        if exc is None:
+            if loss is not None:
+                raise loss
+            if release_error is not None:
+                raise release_error
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            if ours_cancel_only and loss is not None:
+                raise loss from None
+            return
+        if loss is not None:
+            exc.add_note(f"asynclock: {loss}")
+        if release_error is not None:
+            exc.add_note(f"asynclock: {release_error}")
+
+
+def _check_client(client: object) -> None:
+    if client is None:
+        raise TypeError("client must be a redis.asyncio client, not None")
+    if isinstance(client, (redis.Redis, redis.RedisCluster)):
+        raise TypeError(
+            "asynclock needs an asyncio client: use redis.asyncio.Redis "
+            "(or redis.asyncio.RedisCluster), not the synchronous redis.Redis"
+        )
+    if not callable(getattr(client, "evalsha", None)):
+        raise TypeError(f"client must be a redis.asyncio client, not {type(client).__name__}")

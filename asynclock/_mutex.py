@@ -1,0 +1,112 @@
+"""``Mutex``: one holder at a time for one name, across every process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import LockNotOwned
+from ._lease import LeaseLock, OnLost
+from ._names import NamedLocks
+from ._retry import RetryStrategy
+from ._validate import check_name, check_prefix
+
+#: The prefix of every key asynclock writes, unless another is given.
+DEFAULT_PREFIX = "asynclock:"
+
+
+class Mutex(LeaseLock):
+    """A distributed mutual-exclusion lock on one name.
+
+    ::
+
+        async with Mutex(client, "jobs:report", ttl=30.0) as lease:
+            ...  # only one holder of "jobs:report" runs this at a time
+
+    Entering waits for the lock (up to ``timeout`` seconds; ``LockNotAcquired`` after
+    that, or at once with ``blocking=False``). While the body runs, a watchdog
+    extends the lease every ``extend_interval``. If the lease is lost (the token is
+    gone, or no extension succeeded before the lease ran out on the client's own
+    clock, or ``max_hold`` passed), the body is cancelled and ``LockLost`` is raised
+    from the ``async with`` statement. Leaving the body always releases, even when
+    the body was cancelled, and the release runs to its end even if it is cancelled
+    itself.
+
+    Why the token lives on the lease a task owns, not on the lock object::
+
+        task A acquires "x" (token a) ... A's lease expires, B acquires "x" (token b)
+        if A and B shared one token slot, A's release would delete B's hold;
+        here A's release sends token a, which no longer matches, and raises LockNotOwned.
+
+    :param client: a ``redis.asyncio.Redis`` (standalone, Sentinel or
+        ``redis.asyncio.RedisCluster``) client; the lock never closes it
+    :param name: the lock's name, a non-empty ``str``
+    :param ttl: the lease's time to live in seconds; a crashed holder's lock frees
+        itself after this long (at least 0.01)
+    :param timeout: the longest ``async with`` / ``acquire()`` waits, in seconds;
+        ``None`` waits as long as the retry strategy goes on
+    :param blocking: ``False`` to try once and not wait
+    :param auto_extend: extend the lease while it is held; without it the lease is
+        lost when ``ttl`` runs out (call :meth:`extend` to push it back)
+    :param extend_interval: seconds between extensions (default ``ttl / 3``; must be
+        shorter than ``ttl``)
+    :param max_hold: the longest the lock may be held in all, in seconds, extensions
+        included; past it the lease counts as lost, so a wedged body cannot hold the
+        lock forever
+    :param retry: how a blocked acquire waits between tries (default:
+        :class:`~asynclock.ExponentialBackoff` from 5 ms to 100 ms)
+    :param on_lost: called (or awaited) with the ``LockLost`` error on loss
+    :param prefix: prepended to every key (default ``"asynclock:"``); keeps
+        applications apart on a shared server; must not contain braces
+    :raises TypeError: an argument has the wrong type (checked before any command)
+    :raises ValueError: an argument is out of range (checked before any command)
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        timeout: float | None = None,
+        blocking: bool = True,
+        auto_extend: bool = True,
+        extend_interval: float | None = None,
+        max_hold: float | None = None,
+        retry: RetryStrategy | None = None,
+        on_lost: OnLost | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self._name = check_name(name)
+        super().__init__(
+            client,
+            NamedLocks(check_prefix(prefix), (self._name,)),
+            ttl=ttl,
+            timeout=timeout,
+            blocking=blocking,
+            auto_extend=auto_extend,
+            extend_interval=extend_interval,
+            max_hold=max_hold,
+            retry=retry,
+            on_lost=on_lost,
+        )
+
+    @property
+    def name(self) -> str:
+        """The lock's name."""
+        return self._name
+
+    @property
+    def fencing_token(self) -> int:
+        """The current task's fencing token for this name.
+
+        Strictly increasing across successive holders of the name (not consecutive:
+        a new counter starts from the server clock in microseconds, so tokens keep
+        increasing even after the server loses its data). Pass it to storage that
+        rejects writes carrying a token lower than the highest it has seen.
+
+        :raises LockNotOwned: the current task has not acquired the lock
+        """
+        lease = self.lease
+        if lease is None:
+            raise LockNotOwned(self._name, "not acquired by this task")
+        return lease.fencing_token

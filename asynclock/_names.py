@@ -1,0 +1,73 @@
+"""Exclusive locks over one or more names: the keys and scripts behind ``Mutex``.
+
+Each name has two keys that share its hash tag, and so one Redis Cluster slot:
+
+- ``<prefix>{<name>}``: the owner key, holding the holder's token, expiring after
+  the lease's TTL (``PX``);
+- ``<prefix>{<name>}:fence``: the fence counter, bumped by every acquire of the name
+  and never expiring, which makes fencing tokens strictly increasing per name.
+
+A lock over several names is all-or-nothing in one script call (nothing is held
+partially, not even for a moment); a ``Mutex`` is the one-name case, so the two
+exclude each other on a shared name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _scripts
+from ._lease import Grant
+
+
+def owner_key(prefix: str, name: str) -> str:
+    """Return the key that holds ``name``'s current token."""
+    return f"{prefix}{{{name}}}"
+
+
+def fence_key(prefix: str, name: str) -> str:
+    """Return the key that counts ``name``'s fencing tokens."""
+    return f"{prefix}{{{name}}}:fence"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedLocks:
+    """The :class:`~asynclock._lease.Resource` of exclusive locks over ``names``."""
+
+    prefix: str
+    names: tuple[str, ...]
+    owner_keys: tuple[str, ...] = field(init=False)
+    acquire_keys: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        owners = tuple(owner_key(self.prefix, name) for name in self.names)
+        pairs = zip(owners, (fence_key(self.prefix, name) for name in self.names), strict=True)
+        object.__setattr__(self, "owner_keys", owners)
+        object.__setattr__(self, "acquire_keys", tuple(key for pair in pairs for key in pair))
+
+    @property
+    def description(self) -> str:
+        """The names, for messages."""
+        return ", ".join(self.names)
+
+    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
+        """Take every name for ``token`` at once, or report how long the holder has."""
+        reply = await _scripts.ACQUIRE(client, self.acquire_keys, (token, ttl_ms))
+        if int(reply[0]) == 1:
+            return Grant(True, tuple(int(fence) for fence in reply[1:]))
+        pttl = int(reply[1])
+        return Grant(False, (), retry_after=pttl / 1000 if pttl > 0 else None)
+
+    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
+        """Reset the TTL of every name if ``token`` still holds them all."""
+        return int(await _scripts.EXTEND(client, self.owner_keys, (token, ttl_ms))) == 1
+
+    async def release(self, client: Any, token: str) -> bool:
+        """Delete the names ``token`` holds; report whether it held them all."""
+        released = int(await _scripts.RELEASE(client, self.owner_keys, (token,)))
+        return released == len(self.owner_keys)
+
+    async def locked(self, client: Any) -> bool:
+        """Report whether any of the names is held by anyone."""
+        return int(await client.exists(*self.owner_keys)) > 0

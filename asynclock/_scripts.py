@@ -1,0 +1,46 @@
+"""Lua scripts: read once from ``scripts/*.lua``, run by SHA, reloaded on NOSCRIPT."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One Lua script of the package, identified by its SHA1.
+
+    Calling it sends ``EVALSHA``; a server that does not know the script (a new or
+    restarted server, or ``SCRIPT FLUSH``) answers ``NOSCRIPT``, and the call falls
+    back to ``EVAL`` with the full text once, which also caches it on that server.
+    With Redis Cluster the client routes the call by its keys, which share one slot.
+    """
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        """Read ``scripts/<name>.lua`` from the package."""
+        source = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_text()
+        return cls(name, source)
+
+    async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """Run the script on ``client`` with ``keys`` and ``args``; return its reply."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+ACQUIRE = Script.load("acquire")
+EXTEND = Script.load("extend")
+RELEASE = Script.load("release")

