@@ -578,9 +578,20 @@ class LeaseLock:
 
     @property
     def lease(self) -> Lease | None:
-        """The current task's lease through this object, or ``None``."""
+        """The lease this object holds for the current task, or ``None``.
+
+        When the current task holds none but the object holds exactly one lease (taken
+        by another task, as with ``asyncio.create_task(lock.acquire())``), that lease:
+        like ``asyncio.Lock``, a lock object with one holder can be released from any
+        task. With several holders, each task sees only its own.
+        """
         task = asyncio.current_task()
-        return None if task is None else self._leases.get(task)
+        own = None if task is None else self._leases.get(task)
+        if own is not None:
+            return own
+        if len(self._leases) == 1:
+            return next(iter(self._leases.values()))
+        return None
 
     @property
     def owned(self) -> bool:
@@ -698,9 +709,9 @@ class LeaseLock:
     async def release(self) -> None:
         """Release the current task's lease; see :meth:`Lease.release`."""
         lease = self._current_lease()
-        task = asyncio.current_task()
-        assert task is not None
-        del self._leases[task]
+        for task, held in list(self._leases.items()):
+            if held is lease:
+                del self._leases[task]
         await lease.release()
 
     async def __aenter__(self) -> Lease:

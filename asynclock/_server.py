@@ -62,8 +62,11 @@ class RedisServer:
             client = redis.asyncio.Redis.from_url(server.url)
     """
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary or find_server_binary()
+        self.args = args
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="asynclock-server-")
@@ -88,6 +91,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", self._dir,
             "--daemonize", "no",
+            *self.args,
         ]  # fmt: skip
         self._process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL

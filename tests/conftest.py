@@ -7,7 +7,8 @@ suite flushes its database between tests, so never point it at data you keep.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -22,7 +23,8 @@ def redis_url() -> Iterator[str]:
     if external:
         yield external
         return
-    with RedisServer() as server:
+    # DEBUG SLEEP lets tests keep the server busy while a command is in flight.
+    with RedisServer(args=("--enable-debug-command", "local")) as server:
         yield server.url
 
 
@@ -38,16 +40,20 @@ async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
 
 
 @pytest.fixture
-def make_client(redis_url: str) -> Iterator[object]:
-    """A factory of extra clients (each with its own pool), closed after the test."""
+async def make_client(redis_url: str) -> AsyncIterator[Callable[..., redis.Redis]]:
+    """A factory of extra clients to the test server (each with its own pool)."""
     made: list[redis.Redis] = []
 
-    def make(**options: object) -> redis.Redis:
-        connection = redis.Redis.from_url(redis_url, **options)  # type: ignore[arg-type]
+    def make(**options: Any) -> redis.Redis:
+        connection = redis.Redis.from_url(redis_url, **options)
         made.append(connection)
         return connection
 
     yield make
     for connection in made:
-        # Closing is best effort: a test may have broken the connection on purpose.
-        connection.connection_pool.disconnect  # noqa: B018  (keeps the reference alive)
+        await connection.aclose()
+
+
+def owner_key(name: str) -> str:
+    """The owner key of a lock name under the default prefix."""
+    return f"asynclock:{{{name}}}"

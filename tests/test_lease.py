@@ -1,0 +1,82 @@
+"""The lifecycle's decisions without I/O, and its cancellation helper."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from asynclock._lease import (
+    LeasePolicy,
+    _complete_despite_cancel,
+    drift_allowance,
+    extension_retry_pause,
+    lease_deadline,
+)
+
+
+def test_deadline_is_measured_from_the_send_less_drift() -> None:
+    assert drift_allowance(30.0) == pytest.approx(0.302)
+    assert lease_deadline(100.0, 30.0) == pytest.approx(100.0 + 30.0 - 0.302)
+    # Always strictly inside the server's expiry, even for the shortest lease.
+    assert lease_deadline(0.0, 0.01) < 0.01
+
+
+def test_extension_retry_pause_grows_but_stays_under_half_an_interval() -> None:
+    pauses = [extension_retry_pause(1.0, n) for n in range(1, 12)]
+    assert all(0 < pause <= 0.5 for pause in pauses)
+    assert max(pauses[-3:]) > max(pauses[:1])
+
+
+def test_policy_defaults_extend_every_third_of_the_ttl() -> None:
+    policy = LeasePolicy.build(30.0, None, True, None, None)
+    assert policy.extend_interval == pytest.approx(10.0)
+    assert policy.ttl_ms == 30_000
+    assert LeasePolicy.build(0.0105, None, True, None, None).ttl_ms == 11  # rounded up
+
+
+@pytest.mark.parametrize(
+    ("ttl", "interval", "error"),
+    [
+        (0, None, ValueError),
+        (-1, None, ValueError),
+        (math.inf, None, ValueError),
+        (math.nan, None, ValueError),
+        (0.001, None, ValueError),
+        ("30", None, TypeError),
+        (True, None, TypeError),
+        (10, 10, ValueError),
+        (10, 20, ValueError),
+        (10, 0, ValueError),
+        (10, math.nan, ValueError),
+    ],
+)
+def test_policy_rejects_bad_timing(ttl: object, interval: object, error: type) -> None:
+    with pytest.raises(error):
+        LeasePolicy.build(ttl, interval, True, None, None)
+
+
+async def test_complete_despite_cancel_finishes_the_work_then_reraises() -> None:
+    finished = asyncio.Event()
+
+    async def work() -> str:
+        await asyncio.sleep(0.05)
+        finished.set()
+        return "done"
+
+    caller = asyncio.create_task(_complete_despite_cancel(work()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    await asyncio.sleep(0)
+    caller.cancel()  # a second cancellation does not cut it off either
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished.is_set()
+
+
+async def test_complete_despite_cancel_returns_the_result() -> None:
+    async def work() -> int:
+        return 7
+
+    assert await _complete_despite_cancel(work()) == 7

@@ -1,0 +1,331 @@
+"""Mutex against the real server: holding, waiting, extension, loss, release."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import (
+    LimitRetries,
+    LinearBackoff,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+    LockNotOwned,
+    Mutex,
+)
+
+from .conftest import owner_key
+
+
+async def test_async_with_holds_the_token_in_redis_and_releases(client: redis.Redis) -> None:
+    lock = Mutex(client, "jobs:report", ttl=5)
+    async with lock as lease:
+        assert await client.get(owner_key("jobs:report")) == lease.token.encode()
+        assert lock.owned
+        assert await lock.locked()
+        assert lock.fencing_token == lease.fencing_token
+    assert not lock.owned
+    assert not await lock.locked()
+    assert await client.exists(owner_key("jobs:report")) == 0
+
+
+async def test_try_acquire_and_timeout(client: redis.Redis) -> None:
+    holder = Mutex(client, "x", ttl=5)
+    other = Mutex(client, "x", ttl=5, timeout=0.2)
+    assert await holder.acquire(blocking=False)
+    assert not await other.acquire(blocking=False)
+    started = time.monotonic()
+    assert not await other.acquire(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    with pytest.raises(LockNotAcquired) as caught:
+        async with other:
+            pytest.fail("the body must not run")
+    assert caught.value.waited >= 0.2
+    with pytest.raises(LockNotAcquired):
+        async with Mutex(client, "x", blocking=False):
+            pytest.fail("the body must not run")
+    await holder.release()
+    assert await other.acquire(blocking=False)
+    await other.release()
+
+
+async def test_timeout_cannot_be_combined_with_blocking_false(client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="blocking=False"):
+        await Mutex(client, "x").acquire(blocking=False, timeout=1)
+
+
+async def test_retry_strategy_limits_the_tries(client: redis.Redis) -> None:
+    await Mutex(client, "x", ttl=5).acquire()
+    tries = 0
+    real = client.evalsha
+
+    async def counting(*args: object) -> object:
+        nonlocal tries
+        tries += 1
+        return await real(*args)
+
+    client.evalsha = counting  # type: ignore[method-assign]
+    lock = Mutex(client, "x", retry=LimitRetries(LinearBackoff(0.01), 3))
+    assert not await lock.acquire()
+    assert tries == 4
+
+
+async def test_a_waiter_gets_the_lock_when_the_holder_releases(client: redis.Redis) -> None:
+    holder = Mutex(client, "x", ttl=5)
+    await holder.acquire()
+    waiter = asyncio.create_task(Mutex(client, "x", ttl=5, timeout=5).acquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await holder.release()
+    assert await waiter
+
+
+async def test_a_waiter_gets_the_lock_when_a_crashed_holders_ttl_runs_out(
+    client: redis.Redis,
+) -> None:
+    # A holder that never releases nor extends: its key simply expires.
+    await client.set(owner_key("x"), "crashed-holder", px=300)
+    started = time.monotonic()
+    async with Mutex(client, "x", timeout=5):
+        waited = time.monotonic() - started
+    assert 0.2 < waited < 2.0
+
+
+async def test_fencing_tokens_increase_across_successive_holders(client: redis.Redis) -> None:
+    tokens = []
+    for _ in range(5):
+        async with Mutex(client, "x") as lease:
+            tokens.append(lease.fencing_token)
+    assert tokens == sorted(set(tokens))
+
+
+async def test_tasks_sharing_one_lock_object_exclude_each_other(client: redis.Redis) -> None:
+    lock = Mutex(client, "shared", ttl=5, timeout=10)
+    inside = 0
+    most = 0
+    tokens: list[int] = []
+
+    async def worker() -> None:
+        nonlocal inside, most
+        for _ in range(5):
+            async with lock as lease:
+                inside += 1
+                most = max(most, inside)
+                tokens.append(lease.fencing_token)
+                await asyncio.sleep(0.002)
+                inside -= 1
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    assert most == 1
+    assert len(tokens) == 40
+    assert tokens == sorted(set(tokens))
+
+
+async def test_the_lock_is_not_reentrant(client: redis.Redis) -> None:
+    lock = Mutex(client, "x")
+    async with lock:
+        with pytest.raises(LockError, match="already held by this task"):
+            await lock.acquire()
+
+
+async def test_auto_extend_keeps_a_body_longer_than_the_ttl(client: redis.Redis) -> None:
+    lock = Mutex(client, "x", ttl=0.3)
+    async with lock as lease:
+        await asyncio.sleep(1.0)  # more than three TTLs
+        assert await client.get(owner_key("x")) == lease.token.encode()
+        assert not await Mutex(client, "x").acquire(blocking=False)
+    assert lease.extensions >= 6
+
+
+async def test_without_auto_extend_the_body_is_cancelled_when_the_ttl_runs_out(
+    client: redis.Redis,
+) -> None:
+    reached_the_end = False
+    started = time.monotonic()
+    with pytest.raises(LockLost, match="ran out"):
+        async with Mutex(client, "x", ttl=0.3, auto_extend=False):
+            await asyncio.sleep(3)
+            reached_the_end = True
+    assert not reached_the_end
+    # Lost on the client's own clock, before the server's expiry.
+    assert time.monotonic() - started < 0.3 + 0.2
+
+
+async def test_manual_extend_pushes_the_deadline(client: redis.Redis) -> None:
+    async with Mutex(client, "x", ttl=0.4, auto_extend=False) as lease:
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            await lease.extend()
+        assert lease.extensions == 4
+        assert lease.owned
+
+
+async def test_deleting_the_key_makes_the_holder_lose_within_a_third_of_the_ttl(
+    client: redis.Redis,
+) -> None:
+    ttl = 0.9
+    reached_the_end = False
+    with pytest.raises(LockLost, match="token was gone") as caught:
+        async with Mutex(client, "x", ttl=ttl):
+            await client.delete(owner_key("x"))
+            deleted_at = time.monotonic()
+            await asyncio.sleep(5)
+            reached_the_end = True
+    detected = time.monotonic() - deleted_at
+    assert not reached_the_end
+    assert detected < ttl / 3 + 0.2
+    assert caught.value.name == "x"
+
+
+async def test_on_lost_hooks_are_called(client: redis.Redis) -> None:
+    seen: list[LockLost] = []
+    awaited = asyncio.Event()
+
+    async def async_hook(loss: LockLost) -> None:
+        awaited.set()
+
+    with pytest.raises(LockLost):
+        async with Mutex(client, "x", ttl=0.3, on_lost=seen.append):
+            await client.delete(owner_key("x"))
+            await asyncio.sleep(3)
+    with pytest.raises(LockLost):
+        async with Mutex(client, "y", ttl=0.3, on_lost=async_hook):
+            await client.delete(owner_key("y"))
+            await asyncio.sleep(3)
+    await asyncio.wait_for(awaited.wait(), 1)
+    assert len(seen) == 1
+    assert isinstance(seen[0], LockLost)
+
+
+async def test_max_hold_stops_a_wedged_body_and_frees_the_name(client: redis.Redis) -> None:
+    with pytest.raises(LockLost, match="max_hold"):
+        async with Mutex(client, "x", ttl=1.0, max_hold=0.4):
+            await asyncio.sleep(5)
+    await asyncio.sleep(0.05)  # the clean-up runs beside the raise
+    assert await client.exists(owner_key("x")) == 0
+
+
+async def test_release_and_extend_after_loss_raise_lock_not_owned(client: redis.Redis) -> None:
+    lock = Mutex(client, "x", ttl=0.3, auto_extend=False)
+    assert await lock.acquire()
+    await asyncio.sleep(0.4)
+    assert not lock.owned
+    with pytest.raises(LockNotOwned):
+        await lock.extend()
+    with pytest.raises(LockNotOwned):
+        await lock.release()
+
+
+async def test_a_late_release_does_not_delete_the_next_holders_lock(client: redis.Redis) -> None:
+    first = Mutex(client, "x", ttl=0.2, auto_extend=False)
+    assert await first.acquire()
+    await client.delete(owner_key("x"))  # as if it had expired
+    second = Mutex(client, "x", ttl=5)
+    assert await second.acquire(blocking=False)
+    with pytest.raises(LockNotOwned):
+        await first.release()
+    assert second.owned
+    assert await client.get(owner_key("x")) == second.lease.token.encode()  # type: ignore[union-attr]
+
+
+async def test_release_without_acquire_raises_lock_not_owned(client: redis.Redis) -> None:
+    with pytest.raises(LockNotOwned, match="not acquired"):
+        await Mutex(client, "x").release()
+    with pytest.raises(LockNotOwned):
+        _ = Mutex(client, "x").fencing_token
+
+
+async def test_release_found_lost_at_the_end_raises_lock_lost(client: redis.Redis) -> None:
+    with pytest.raises(LockLost, match="gone at release"):
+        async with Mutex(client, "x", ttl=30):
+            await client.delete(owner_key("x"))  # long before the next extension
+
+
+async def test_a_body_error_wins_over_a_loss_found_at_release(client: redis.Redis) -> None:
+    with pytest.raises(KeyError) as caught:
+        async with Mutex(client, "x", ttl=30):
+            await client.delete(owner_key("x"))
+            raise KeyError("body")
+    assert any("gone at release" in note for note in caught.value.__notes__)
+
+
+async def test_a_cancelled_body_still_releases(client: redis.Redis) -> None:
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with Mutex(client, "x"):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await client.exists(owner_key("x")) == 0
+
+
+async def test_a_cancelled_release_still_runs_to_completion(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    lock = Mutex(client, "x")
+    assert await lock.acquire()
+    other = make_client()
+    # Hold the server for 200 ms so that the release is surely in flight when cancelled.
+    blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.2"))
+    await asyncio.sleep(0.05)
+    release = asyncio.create_task(lock.release())
+    await asyncio.sleep(0.02)
+    release.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await release
+    # The cancelled call returned only once the release was done.
+    assert await client.exists(owner_key("x")) == 0
+    await blocker
+
+
+async def test_acquires_cancelled_at_random_moments_leave_nothing_held(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    import random
+
+    rng = random.Random(1)
+    acquired = cancelled = 0
+    for _ in range(150):
+        lock = Mutex(client, "x", ttl=30)
+        task = asyncio.create_task(lock.acquire())
+        for _ in range(rng.randrange(12)):  # cancel after 0 to 11 turns of the loop
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            ok = await task
+        except asyncio.CancelledError:
+            cancelled += 1
+            # Whatever the command did in Redis, nothing is left behind.
+            assert await client.exists(owner_key("x")) == 0
+            continue
+        assert ok
+        acquired += 1
+        await lock.release()
+    # Both outcomes happened: cancellations landed before, during and after commands.
+    assert cancelled > 20
+    assert acquired > 20
+    assert await client.exists(owner_key("x")) == 0
+
+
+async def test_an_acquire_that_times_out_mid_command_leaves_nothing(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    other = make_client()
+    # The server is busy: our acquire command queues behind DEBUG SLEEP and our wait
+    # limit passes while it is in flight; the command then runs and takes the lock.
+    blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.3"))
+    await asyncio.sleep(0.05)
+    assert not await Mutex(client, "x", ttl=30).acquire(timeout=0.1)
+    await blocker
+    assert await client.exists(owner_key("x")) == 0
