@@ -54,6 +54,8 @@ OnLost = Callable[[LockLost], Awaitable[None] | None]
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
 _RELEASE_TIMEOUT_CAP: Final = 10.0
 _RELEASE_TIMEOUT_FLOOR: Final = 0.1
+# The longest the clean-up after a failed or cancelled acquire may take.
+_ABANDON_TIMEOUT_CAP: Final = 2.0
 
 
 # --- decisions without I/O -------------------------------------------------------------
@@ -693,7 +695,9 @@ class LeaseLock:
 
     async def _abandon(self, token: str) -> None:
         """Release by token after an acquire whose outcome is unknown."""
-        timeout = min(max(self._policy.ttl, _RELEASE_TIMEOUT_FLOOR), _RELEASE_TIMEOUT_CAP)
+        # Short: the caller is waiting for its error or cancellation to surface, and a
+        # hold we could not delete expires on its own within the TTL.
+        timeout = min(max(self._policy.ttl, _RELEASE_TIMEOUT_FLOOR), _ABANDON_TIMEOUT_CAP)
         await _complete_despite_cancel(_clean_up(self._resource, self._client, token, timeout))
 
     def _current_lease(self) -> Lease:

@@ -1,0 +1,91 @@
+"""Faults against real server processes: unreachable, paused and restarted servers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from asynclock import LockBackendError, LockLost, Mutex
+from asynclock._server import RedisServer, free_port
+
+from .conftest import owner_key
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A server of this test's own, which it may pause, kill and restart."""
+    with RedisServer() as server:
+        yield server
+
+
+async def test_an_unreachable_server_raises_lock_backend_error() -> None:
+    # No retries inside redis-py, so that the error surfaces at once.
+    client = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    lock = Mutex(client, "x")
+    with pytest.raises(LockBackendError) as caught:
+        await lock.acquire()
+    assert isinstance(caught.value.__cause__, RedisConnectionError)
+    assert not lock.owned
+    with pytest.raises(LockBackendError):
+        async with lock:
+            pytest.fail("the body must not run")
+    with pytest.raises(LockBackendError):
+        await lock.locked()
+    await client.aclose()
+
+
+async def test_extensions_are_retried_through_a_short_stall(own_server: RedisServer) -> None:
+    client = redis.Redis.from_url(own_server.url, socket_timeout=0.1)
+    admin = redis.Redis.from_url(own_server.url)
+    async with Mutex(client, "x", ttl=1.5, extend_interval=0.2) as lease:
+        # Writes (our extension scripts) stall for 0.6 s: extensions time out and are
+        # retried, and the lease survives since the stall is shorter than its TTL.
+        await admin.client_pause(600, all=False)
+        await asyncio.sleep(1.2)
+        assert lease.owned
+        assert await client.get(owner_key("x")) == lease.token.encode()
+    assert lease.extensions >= 3
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_a_stall_longer_than_the_ttl_loses_the_lock_on_the_clients_deadline(
+    own_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(own_server.url, socket_timeout=0.1)
+    admin = redis.Redis.from_url(own_server.url)
+    ttl = 0.6
+    with pytest.raises(LockLost, match="ran out"):
+        async with Mutex(client, "x", ttl=ttl) as lease:
+            await admin.client_pause(3000, all=False)
+            await asyncio.sleep(5)
+    # Lost at the deadline measured from the last good extension, within the TTL.
+    assert time.monotonic() - lease.acquired_at < 2 * ttl
+    await admin.client_unpause()
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_a_server_restart_loses_the_lock_and_the_client_recovers(
+    own_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(own_server.url)
+    ttl = 0.9
+    with pytest.raises(LockLost):
+        async with Mutex(client, "x", ttl=ttl):
+            own_server.restart()  # killed and started empty on the same port
+            restarted = time.monotonic()
+            await asyncio.sleep(5)
+    detection = time.monotonic() - restarted
+    assert detection < ttl
+    # The client reconnects: the lock works again.
+    async with Mutex(client, "x", ttl=ttl) as lease:
+        assert await client.get(owner_key("x")) == lease.token.encode()
+    await client.aclose()

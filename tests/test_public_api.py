@@ -1,0 +1,52 @@
+"""The public surface: what is exported, documented and typed."""
+
+from __future__ import annotations
+
+import inspect
+from importlib import resources
+
+import asynclock
+
+PUBLIC = [
+    "ExponentialBackoff",
+    "Lease",
+    "LimitRetries",
+    "LinearBackoff",
+    "LockBackendError",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
+    "LockNotOwned",
+    "Mutex",
+    "NoRetry",
+    "RetryStrategy",
+]
+
+
+def test_exports_are_pinned() -> None:
+    assert sorted(asynclock.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(asynclock, name).__module__ == "asynclock"
+
+
+def test_every_public_name_and_member_has_a_docstring() -> None:
+    for name in PUBLIC:
+        obj = getattr(asynclock, name)
+        assert inspect.getdoc(obj), name
+        for member_name, member in vars(obj).items():
+            if member_name.startswith("_"):
+                continue
+            if callable(member) or isinstance(member, property):
+                assert inspect.getdoc(member), f"{name}.{member_name}"
+
+
+def test_every_error_is_a_lock_error() -> None:
+    for name in ("LockNotAcquired", "LockNotOwned", "LockLost", "LockBackendError"):
+        assert issubclass(getattr(asynclock, name), asynclock.LockError)
+
+
+def test_the_package_ships_its_types_and_scripts() -> None:
+    files = resources.files("asynclock")
+    assert files.joinpath("py.typed").is_file()
+    for script in ("acquire", "extend", "release"):
+        assert files.joinpath("scripts", f"{script}.lua").is_file()
