@@ -296,10 +296,10 @@ async def test_acquires_cancelled_at_random_moments_leave_nothing_held(
 
     rng = random.Random(1)
     acquired = cancelled = 0
-    for _ in range(150):
+    for _ in range(200):
         lock = Mutex(client, "x", ttl=30)
         task = asyncio.create_task(lock.acquire())
-        for _ in range(rng.randrange(12)):  # cancel after 0 to 11 turns of the loop
+        for _ in range(rng.randrange(8)):  # cancel after 0 to 7 turns of the loop
             await asyncio.sleep(0)
         task.cancel()
         try:
@@ -313,8 +313,8 @@ async def test_acquires_cancelled_at_random_moments_leave_nothing_held(
         acquired += 1
         await lock.release()
     # Both outcomes happened: cancellations landed before, during and after commands.
-    assert cancelled > 20
-    assert acquired > 20
+    assert cancelled >= 20
+    assert acquired >= 20
     assert await client.exists(owner_key("x")) == 0
 
 
