@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (Python 3.11+, git, make):
+#   make demo   worker processes contending for locks on a private server
+#   make test   lint, type checks and the whole test suite, against a real server
+# Each creates .venv and installs what it needs, the server binary included.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "asynclock needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,server]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m asynclock demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy asynclock benchmarks
+
+test: lint
+	$(BIN)/pytest tests benchmarks --benchmark-disable
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks
