@@ -196,7 +196,7 @@ class LeasePolicy:
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     """Run ``coro`` in the background, keeping a reference until it is done."""
     task = asyncio.ensure_future(coro)
     _background.add(task)
@@ -277,6 +277,7 @@ class Lease:
     __slots__ = (
         "__weakref__",
         "_cancelled_holder",
+        "_cleanup",
         "_client",
         "_deadline",
         "_exiting",
@@ -318,6 +319,7 @@ class Lease:
         self._state: str = _HELD
         self._loss: LockLost | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Future[None] | None = None
         self._holder: asyncio.Task[Any] | None = None
         self._exiting = False
         self._cancelled_holder = False
@@ -486,10 +488,13 @@ class Lease:
         if asyncio.current_task() is not self._watchdog:
             self._stop_watchdog()
         # The key may still hold our token (an extension that could not get through,
-        # or max_hold): delete it, so the next holder need not wait for the TTL.
-        _spawn(_clean_up(self._resource, self._client, self.token, self._release_timeout()))
+        # or max_hold): delete it, so the next holder need not wait for the TTL. The
+        # release of the lease waits for this, so nothing runs on after `async with`.
+        self._cleanup = asyncio.ensure_future(
+            _clean_up(self._resource, self._client, self.token, self._release_timeout())
+        )
         if self._policy.on_lost is not None:
-            _spawn(_call_hook(self._policy.on_lost, loss))
+            _call_hook(self._policy.on_lost, loss)
 
     def _release_timeout(self) -> float:
         left = self._server_expiry - time.monotonic()
@@ -499,6 +504,8 @@ class Lease:
         """Stop the watchdog and release; return whether the lease was still ours."""
         self._stop_watchdog()
         if self._state is not _HELD:
+            if self._cleanup is not None:
+                await _complete_despite_cancel(_wait_for(self._cleanup))
             return False
         self._state = _RELEASED
         ours = await _complete_despite_cancel(
@@ -512,13 +519,27 @@ class Lease:
         return ours
 
 
-async def _call_hook(hook: OnLost, loss: LockLost) -> None:
+def _call_hook(hook: OnLost, loss: LockLost) -> None:
+    """Call the ``on_lost`` hook; run it as a task if it is a coroutine function."""
     try:
         result = hook(loss)
-        if inspect.isawaitable(result):
-            await result
     except Exception:
         _log.exception("the on_lost hook of lock %r raised", loss.name)
+        return
+    if inspect.isawaitable(result):
+        _spawn(_await_hook(result, loss))
+
+
+async def _await_hook(result: Awaitable[None], loss: LockLost) -> None:
+    try:
+        await result
+    except Exception:
+        _log.exception("the on_lost hook of lock %r raised", loss.name)
+
+
+async def _wait_for(task: asyncio.Future[None]) -> None:
+    """Wait for ``task`` to finish, whatever its outcome (logged by the task itself)."""
+    await asyncio.wait([task])
 
 
 # --- the lock object: acquire, wait, hold, release ----------------------------------------

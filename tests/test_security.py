@@ -1,0 +1,67 @@
+"""Tokens, prefixes and a least-privilege ACL user, against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import LockBackendError, LockNotOwned, Mutex
+
+from .conftest import owner_key
+
+#: The minimal ACL rules of a user of asynclock, as documented in README.md.
+ACL_RULES = (
+    "resetkeys", "~asynclock:*", "resetchannels", "-@all",
+    "+evalsha", "+eval", "+exists",
+    "+get", "+set", "+pttl", "+pexpire", "+incr", "+del", "+time",
+)  # fmt: skip
+
+
+async def test_tokens_are_long_random_and_distinct(client: redis.Redis) -> None:
+    tokens = set()
+    for _ in range(50):
+        async with Mutex(client, "x") as lease:
+            tokens.add(lease.token)
+    assert len(tokens) == 50
+    assert all(len(token) == 32 for token in tokens)  # 128 random bits, hex
+
+
+async def test_only_the_holders_token_extends_or_releases(client: redis.Redis) -> None:
+    mine = Mutex(client, "x", ttl=5)
+    theirs = Mutex(client, "x", ttl=5)
+    await mine.acquire()
+    # A second object never acquired: it cannot release or extend what mine holds.
+    with pytest.raises(LockNotOwned):
+        await theirs.release()
+    with pytest.raises(LockNotOwned):
+        await theirs.extend()
+    assert mine.owned
+    await mine.release()
+
+
+async def test_prefixes_keep_applications_apart(client: redis.Redis) -> None:
+    async with Mutex(client, "job", prefix="app1:"):
+        assert await Mutex(client, "job", prefix="app2:").acquire(blocking=False)
+        assert not await Mutex(client, "job", prefix="app1:").acquire(blocking=False)
+    assert set(await client.keys("app1:*")) == {b"app1:{job}:fence"}
+
+
+async def test_a_least_privilege_acl_user_can_use_locks(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    await client.execute_command("ACL", "SETUSER", "locker", "reset", "on", ">secret", *ACL_RULES)
+    try:
+        user = make_client(username="locker", password="secret")
+        async with Mutex(user, "x", ttl=0.3) as lease:
+            await asyncio.sleep(0.4)  # extensions run under the same rules
+            assert await Mutex(user, "x").locked()
+        assert lease.extensions >= 1
+        assert await client.exists(owner_key("x")) == 0
+        # Keys outside the allowed pattern are refused with a clear error.
+        with pytest.raises(LockBackendError, match="(?i)permission"):
+            await Mutex(user, "x", prefix="other:").acquire()
+    finally:
+        await client.execute_command("ACL", "DELUSER", "locker")
