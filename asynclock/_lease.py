@@ -281,14 +281,17 @@ class Lease:
         "_client",
         "_deadline",
         "_exiting",
+        "_extending",
+        "_failures",
         "_hold_limit",
         "_holder",
         "_loss",
+        "_next_extension",
         "_policy",
         "_resource",
         "_server_expiry",
         "_state",
-        "_watchdog",
+        "_timer",
         "acquired_at",
         "extensions",
         "fencing_tokens",
@@ -318,7 +321,10 @@ class Lease:
         self._hold_limit = None if policy.max_hold is None else sent_at + policy.max_hold
         self._state: str = _HELD
         self._loss: LockLost | None = None
-        self._watchdog: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._extending: asyncio.Task[None] | None = None
+        self._next_extension = sent_at + policy.extend_interval
+        self._failures = 0
         self._cleanup: asyncio.Future[None] | None = None
         self._holder: asyncio.Task[Any] | None = None
         self._exiting = False
@@ -410,64 +416,84 @@ class Lease:
         self._server_expiry = max(self._server_expiry, time.monotonic() + self._policy.ttl)
         self.extensions += 1
 
+    # The watchdog is a timer, not a task: most leases are released long before their
+    # first extension, and arming a timer costs far less than starting a task. Only
+    # an extension that is due runs as a task.
+
     def _start_watchdog(self) -> None:
-        self._watchdog = asyncio.ensure_future(self._watch())
+        self._next_extension = self.acquired_at + self._policy.extend_interval
+        self._arm()
+
+    def _arm(self) -> None:
+        """Set the timer for the next thing to do: extend, or declare the lease lost."""
+        wake = self._deadline
+        if self._hold_limit is not None:
+            wake = min(wake, self._hold_limit)
+        if self._policy.auto_extend:
+            wake = min(wake, self._next_extension)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, wake - time.monotonic()), self._on_timer)
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog is not None and not self._watchdog.done():
-            self._watchdog.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        extending = self._extending
+        if extending is not None and extending is not asyncio.current_task():
+            extending.cancel()
 
-    async def _watch(self) -> None:
-        """Extend the lease every ``extend_interval``; declare it lost at its deadline.
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state is not _HELD:
+            return
+        now = time.monotonic()
+        if now >= self._deadline:
+            self._lose("the lease ran out before an extension succeeded")
+        elif self._hold_limit is not None and now >= self._hold_limit:
+            self._lose(f"held longer than max_hold ({self._policy.max_hold} s)")
+        elif self._policy.auto_extend and now >= self._next_extension:
+            self._extending = asyncio.ensure_future(self._extend_in_background())
+        else:  # woke early, or the deadline moved (a manual extend)
+            self._arm()
+
+    async def _extend_in_background(self) -> None:
+        """One extension by the watchdog; re-arms the timer when done.
 
         Transient errors (connection lost, timeout) are retried with a short backoff
-        until the deadline; a reply saying the token is gone is a loss at once. With
-        ``auto_extend`` off the watchdog only keeps the deadline (and ``max_hold``).
+        until the deadline; a reply saying the token is gone is a loss at once. The
+        attempt itself is cut off at the deadline, so a hung server cannot delay the
+        loss.
         """
         policy = self._policy
-        next_extension = self.acquired_at + policy.extend_interval
-        failures = 0
-        while self._state is _HELD:
-            now = time.monotonic()
-            if now >= self._deadline:
-                self._lose("the lease ran out before an extension succeeded")
-                return
-            if self._hold_limit is not None and now >= self._hold_limit:
-                self._lose(f"held longer than max_hold ({policy.max_hold} s)")
-                return
-            wake = self._deadline
-            if self._hold_limit is not None:
-                wake = min(wake, self._hold_limit)
-            if policy.auto_extend:
-                wake = min(wake, next_extension)
-            if now < wake:
-                await asyncio.sleep(wake - now)
-                continue
-            sent = time.monotonic()
-            try:
-                async with asyncio.timeout(self._deadline - sent):
-                    ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
-            except (RedisError, TimeoutError, OSError) as exc:
-                failures += 1
-                _log.warning(
-                    "extending lock %r failed (%d in a row, %.3f s left): %r",
-                    self.name,
-                    failures,
-                    max(0.0, self._deadline - time.monotonic()),
-                    exc,
-                )
-                next_extension = time.monotonic() + extension_retry_pause(
-                    policy.extend_interval, failures
-                )
-                continue
+        sent = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline - sent):
+                ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
+        except (RedisError, TimeoutError, OSError) as exc:
+            self._failures += 1
+            _log.warning(
+                "extending lock %r failed (%d in a row, %.3f s left): %r",
+                self.name,
+                self._failures,
+                max(0.0, self._deadline - time.monotonic()),
+                exc,
+            )
+            self._next_extension = time.monotonic() + extension_retry_pause(
+                policy.extend_interval, self._failures
+            )
+        else:
             if self._state is not _HELD:
                 return
             if not ok:
                 self._lose("the token was gone when extending: the lease expired or was deleted")
                 return
             self._extended(sent)
-            failures = 0
-            next_extension = sent + policy.extend_interval
+            self._failures = 0
+            self._next_extension = sent + policy.extend_interval
+        finally:
+            self._extending = None
+        if self._state is _HELD:
+            self._arm()
 
     def _lose(self, reason: str) -> None:
         """Mark the lease lost: cancel the body that holds it, clean up, call the hook."""
@@ -485,8 +511,7 @@ class Lease:
         ):
             holder.cancel(msg=f"asynclock: {loss}")
             self._cancelled_holder = True
-        if asyncio.current_task() is not self._watchdog:
-            self._stop_watchdog()
+        self._stop_watchdog()
         # The key may still hold our token (an extension that could not get through,
         # or max_hold): delete it, so the next holder need not wait for the TTL. The
         # release of the lease waits for this, so nothing runs on after `async with`.
@@ -508,9 +533,17 @@ class Lease:
                 await _complete_despite_cancel(_wait_for(self._cleanup))
             return False
         self._state = _RELEASED
-        ours = await _complete_despite_cancel(
-            _release_by_token(self._resource, self._client, self.token, self._release_timeout())
-        )
+        timeout = self._release_timeout()
+        try:
+            ours = await _release_by_token(self._resource, self._client, self.token, timeout)
+        except asyncio.CancelledError:
+            # Cancelled with the release in flight: it may or may not have run. Run it
+            # again to its end (by token, so twice is harmless), then go on cancelled.
+            # Retrying only here keeps the common path free of an extra task.
+            await _complete_despite_cancel(
+                _clean_up(self._resource, self._client, self.token, timeout)
+            )
+            raise
         if not ours:
             self._state = _LOST
             self._loss = LockLost(
@@ -560,6 +593,11 @@ class LeaseLock:
     its own lease, with its own token, as separate contenders would. A task that
     already holds the lock through this object cannot acquire it again (the lock
     is not reentrant; waiting on oneself would never end).
+
+    Which lease ``release()``, ``extend()``, ``owned`` and ``fencing_token`` mean: the
+    current task's, or, if it has none and the object holds exactly one lease, that
+    one (so a lock acquired in one task can be released from another, as with
+    ``asyncio.Lock``). See :attr:`lease`.
     """
 
     def __init__(
@@ -618,7 +656,11 @@ class LeaseLock:
 
     @property
     def owned(self) -> bool:
-        """Whether the current task holds the lock through this object (local check)."""
+        """Whether this object holds the lock: the lease of :attr:`lease` is live.
+
+        A local check (no command is sent): not released, not lost, and its deadline
+        on the client's clock has not passed. Use :meth:`locked` to ask Redis.
+        """
         lease = self.lease
         return lease is not None and lease.owned
 
@@ -677,8 +719,9 @@ class LeaseLock:
         loop = asyncio.get_running_loop()
         give_up_at = None if wait_limit is None else loop.time() + wait_limit
         in_flight = False
+        wait_scope = asyncio.timeout_at(give_up_at)
         try:
-            async with asyncio.timeout_at(give_up_at):
+            async with wait_scope:
                 while True:
                     sent = time.monotonic()
                     in_flight = True
@@ -700,7 +743,10 @@ class LeaseLock:
                     if grant.retry_after is not None:
                         delay = min(delay, grant.retry_after)
                     await asyncio.sleep(delay)
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not wait_scope.expired():  # a socket timeout, not the end of our wait
+                await self._abandon(token)
+                raise LockBackendError(resource.description, "acquire", exc) from exc
             # The wait ran out, possibly while an attempt was in flight whose command
             # may have reached Redis: release by token so nothing stays held.
             if in_flight:

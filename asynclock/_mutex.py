@@ -97,14 +97,14 @@ class Mutex(LeaseLock):
 
     @property
     def fencing_token(self) -> int:
-        """The current task's fencing token for this name.
+        """The fencing token of this object's lease (see ``lease``) for this name.
 
         Strictly increasing across successive holders of the name (not consecutive:
         a new counter starts from the server clock in microseconds, so tokens keep
         increasing even after the server loses its data). Pass it to storage that
         rejects writes carrying a token lower than the highest it has seen.
 
-        :raises LockNotOwned: the current task has not acquired the lock
+        :raises LockNotOwned: the lock is not held through this object
         """
         lease = self.lease
         if lease is None:

@@ -35,13 +35,16 @@ for i = 1, #KEYS, 2 do
     granted[#granted + 1] = tonumber(redis.call('GET', fence_key))
   else
     redis.call('SET', KEYS[i], token, 'PX', ttl)
-    if redis.call('EXISTS', fence_key) == 0 then
-      -- Seed a new counter from the server clock in microseconds, so that fencing
+    local fence = redis.call('INCR', fence_key)
+    if fence == 1 then
+      -- A new counter starts from the server clock in microseconds, so that fencing
       -- tokens keep increasing even after the server restarts without its data.
       local now = redis.call('TIME')
-      redis.call('SET', fence_key, now[1] .. string.format('%06d', tonumber(now[2])))
+      local seed = now[1] .. string.format('%06d', tonumber(now[2]))
+      redis.call('SET', fence_key, seed)
+      fence = tonumber(seed)
     end
-    granted[#granted + 1] = redis.call('INCR', fence_key)
+    granted[#granted + 1] = fence
   end
 end
 return granted
