@@ -61,7 +61,7 @@ async def test_a_least_privilege_acl_user_can_use_locks(
         assert lease.extensions >= 1
         assert await client.exists(owner_key("x")) == 0
         # Keys outside the allowed pattern are refused with a clear error.
-        with pytest.raises(LockBackendError, match="(?i)permission"):
+        with pytest.raises(LockBackendError, match=r"(?i)permission"):
             await Mutex(user, "x", prefix="other:").acquire()
     finally:
         await client.execute_command("ACL", "DELUSER", "locker")
