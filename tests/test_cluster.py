@@ -1,0 +1,60 @@
+"""Mutex on a real three-node Redis Cluster: a lock's keys share one slot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster
+
+from asynclock import Mutex
+from asynclock._names import fence_key, owner_key
+from asynclock._server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+SLOTS = 16384
+
+
+@pytest.fixture(scope="module")
+def cluster_port() -> Iterator[int]:
+    """Three cluster-enabled servers on 127.0.0.1, slots split between them."""
+    with ExitStack() as stack:
+        nodes = []
+        for _ in range(3):
+            server = RedisServer(args=("--cluster-enabled", "yes"))
+            nodes.append(stack.enter_context(server))
+        clients = [stack.enter_context(redis.Redis(port=node.port)) for node in nodes]
+        share = SLOTS // len(nodes)
+        for n, client in enumerate(clients):
+            last = SLOTS - 1 if n == len(nodes) - 1 else (n + 1) * share - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", n * share, last)
+        for node in nodes[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + 30
+        while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
+            assert time.monotonic() < deadline, "the cluster did not form"
+            time.sleep(0.1)
+        yield nodes[0].port
+
+
+async def test_mutex_on_redis_cluster(cluster_port: int) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster_port)
+    names = [f"jobs:{n}" for n in range(20)]  # spread over the three nodes
+    try:
+        for name in names:
+            assert client.keyslot(owner_key("asynclock:", name)) == client.keyslot(
+                fence_key("asynclock:", name)
+            )
+            async with Mutex(client, name, ttl=5) as lease:
+                assert not await Mutex(client, name).acquire(blocking=False)
+                assert await client.get(owner_key("asynclock:", name)) == lease.token.encode()
+                await lease.extend()
+            assert not await Mutex(client, name).locked()
+        nodes = {client.get_node_from_key(owner_key("asynclock:", name)).port for name in names}
+        assert len(nodes) == 3  # the names really were spread over every node
+    finally:
+        await client.aclose()
