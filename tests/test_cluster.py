@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from asynclock import Mutex
 from asynclock._names import fence_key, owner_key
-from asynclock._server import RedisServer
+from asynclock._server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,9 @@ def cluster_port() -> Iterator[int]:
     with ExitStack() as stack:
         nodes = []
         for _ in range(3):
-            server = RedisServer(args=("--cluster-enabled", "yes"))
+            # An explicit bus port: the default (port + 10000) overflows for high ports.
+            bus = str(free_port())
+            server = RedisServer(args=("--cluster-enabled", "yes", "--cluster-port", bus))
             nodes.append(stack.enter_context(server))
         clients = [stack.enter_context(redis.Redis(port=node.port)) for node in nodes]
         share = SLOTS // len(nodes)
