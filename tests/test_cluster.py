@@ -23,19 +23,21 @@ SLOTS = 16384
 def cluster_port() -> Iterator[int]:
     """Three cluster-enabled servers on 127.0.0.1, slots split between them."""
     with ExitStack() as stack:
-        nodes = []
+        nodes, buses = [], []
         for _ in range(3):
             # An explicit bus port: the default (port + 10000) overflows for high ports.
-            bus = str(free_port())
-            server = RedisServer(args=("--cluster-enabled", "yes", "--cluster-port", bus))
+            buses.append(free_port())
+            server = RedisServer(
+                args=("--cluster-enabled", "yes", "--cluster-port", str(buses[-1]))
+            )
             nodes.append(stack.enter_context(server))
         clients = [stack.enter_context(redis.Redis(port=node.port)) for node in nodes]
         share = SLOTS // len(nodes)
         for n, client in enumerate(clients):
             last = SLOTS - 1 if n == len(nodes) - 1 else (n + 1) * share - 1
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", n * share, last)
-        for node in nodes[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        for node, bus in zip(nodes[1:], buses[1:], strict=True):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
         deadline = time.monotonic() + 30
         while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
             assert time.monotonic() < deadline, "the cluster did not form"
