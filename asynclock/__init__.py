@@ -12,16 +12,20 @@ from ._errors import LockLost as LockLost
 from ._errors import LockNotAcquired as LockNotAcquired
 from ._errors import LockNotOwned as LockNotOwned
 from ._lease import Lease as Lease
+from ._multilock import MultiLock as MultiLock
 from ._mutex import Mutex as Mutex
 from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import LimitRetries as LimitRetries
 from ._retry import LinearBackoff as LinearBackoff
 from ._retry import NoRetry as NoRetry
 from ._retry import RetryStrategy as RetryStrategy
+from ._semaphore import LimitMismatch as LimitMismatch
+from ._semaphore import Semaphore as Semaphore
 
 __all__ = [
     "ExponentialBackoff",
     "Lease",
+    "LimitMismatch",
     "LimitRetries",
     "LinearBackoff",
     "LockBackendError",
@@ -29,9 +33,11 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
+    "MultiLock",
     "Mutex",
     "NoRetry",
     "RetryStrategy",
+    "Semaphore",
 ]
 
 __version__ = "0.1.0"

@@ -116,6 +116,11 @@ class Resource(Protocol):
     """
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The name(s) of the lock, one fencing token each."""
+        ...
+
+    @property
     def description(self) -> str:
         """The lock's name(s), for messages."""
         ...
@@ -268,8 +273,8 @@ class Lease:
     object cannot release each other's holdings.
 
     :ivar token: the random owner token stored in Redis
-    :ivar fencing_tokens: one fencing token per name, strictly increasing per name
-        across successive holders
+    :ivar fencing_tokens: the fencing token of each name, strictly increasing per
+        name across successive holders
     :ivar acquired_at: when the acquire command was sent, on ``time.monotonic()``
     :ivar extensions: how many extensions have succeeded
     """
@@ -312,7 +317,7 @@ class Lease:
         self._client = client
         self._policy = policy
         self.token = token
-        self.fencing_tokens = fencing_tokens
+        self.fencing_tokens = dict(zip(resource.names, fencing_tokens, strict=True))
         self.acquired_at = sent_at
         self.extensions = 0
         self._deadline = lease_deadline(sent_at, policy.ttl)
@@ -343,8 +348,8 @@ class Lease:
 
     @property
     def fencing_token(self) -> int:
-        """The fencing token of the (first) name: pass it to storage that checks it."""
-        return self.fencing_tokens[0]
+        """The fencing token (of the first name): pass it to storage that checks it."""
+        return next(iter(self.fencing_tokens.values()))
 
     @property
     def deadline(self) -> float:
@@ -665,11 +670,15 @@ class LeaseLock:
         return lease is not None and lease.owned
 
     async def locked(self) -> bool:
-        """Ask Redis whether anyone holds the lock now."""
+        """Ask Redis whether the lock is held now (for a semaphore: no permit free)."""
+        return await self._call(self._resource.locked(self._client), "inspection")
+
+    async def _call(self, aw: Awaitable[_T], action: str) -> _T:
+        """Await a read of the resource, mapping Redis errors to ``LockBackendError``."""
         try:
-            return await self._resource.locked(self._client)
+            return await aw
         except RedisError as exc:
-            raise LockBackendError(self._resource.description, "inspection", exc) from exc
+            raise LockBackendError(self._resource.description, action, exc) from exc
 
     async def acquire(
         self, blocking: bool | None = None, timeout: float | _Unset | None = _UNSET

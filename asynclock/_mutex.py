@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import LockNotOwned
 from ._lease import LeaseLock, OnLost
-from ._names import NamedLocks
+from ._names import DEFAULT_PREFIX, NamedLocks
 from ._retry import RetryStrategy
 from ._validate import check_name, check_prefix
-
-#: The prefix of every key asynclock writes, unless another is given.
-DEFAULT_PREFIX = "asynclock:"
 
 
 class Mutex(LeaseLock):
@@ -106,7 +102,4 @@ class Mutex(LeaseLock):
 
         :raises LockNotOwned: the lock is not held through this object
         """
-        lease = self.lease
-        if lease is None:
-            raise LockNotOwned(self._name, "not acquired by this task")
-        return lease.fencing_token
+        return self._current_lease().fencing_token

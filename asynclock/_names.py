@@ -7,6 +7,9 @@ Each name has two keys that share its hash tag, and so one Redis Cluster slot:
 - ``<prefix>{<name>}:fence``: the fence counter, bumped by every acquire of the name
   and never expiring, which makes fencing tokens strictly increasing per name.
 
+A name that carries a hash tag of its own (``"{account:7}:debit"``) is not wrapped
+again: its keys are ``<prefix><name>`` and ``<prefix><name>:fence``, placed by its tag.
+
 A lock over several names is all-or-nothing in one script call (nothing is held
 partially, not even for a moment); a ``Mutex`` is the one-name case, so the two
 exclude each other on a shared name.
@@ -20,15 +23,38 @@ from typing import Any
 from . import _scripts
 from ._lease import Grant
 
+#: The prefix of every key asynclock writes, unless another is given.
+DEFAULT_PREFIX = "asynclock:"
+
+
+def has_hash_tag(name: str) -> bool:
+    """Whether ``name`` carries a Redis Cluster hash tag: ``{...}`` with content.
+
+    Redis hashes only the part between the first ``{`` and the next ``}`` when that
+    part is not empty; the rule is applied here exactly as the server applies it.
+    """
+    start = name.find("{")
+    return start >= 0 and name.find("}", start + 1) > start + 1
+
+
+def tagged(prefix: str, name: str) -> str:
+    """Return the base key of ``name``: the name as its own hash tag, unless it has one.
+
+    ``"jobs:report"`` becomes ``"asynclock:{jobs:report}"``, a slot of its own;
+    ``"{account:7}:debit"`` stays ``"asynclock:{account:7}:debit"``, so names that share
+    a tag share a Redis Cluster slot and can be locked together by one script.
+    """
+    return f"{prefix}{name}" if has_hash_tag(name) else f"{prefix}{{{name}}}"
+
 
 def owner_key(prefix: str, name: str) -> str:
     """Return the key that holds ``name``'s current token."""
-    return f"{prefix}{{{name}}}"
+    return tagged(prefix, name)
 
 
 def fence_key(prefix: str, name: str) -> str:
     """Return the key that counts ``name``'s fencing tokens."""
-    return f"{prefix}{{{name}}}:fence"
+    return f"{tagged(prefix, name)}:fence"
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,15 @@ def check_optional_seconds(value: object, what: str) -> float | None:
     return None if value is None else check_seconds(value, what)
 
 
+def check_count(value: object, what: str) -> int:
+    """Return ``value`` if it is an ``int`` of at least 1 (``bool`` refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, not {value!r}")
+    return value
+
+
 def check_prefix(prefix: object) -> str:
     """Return ``prefix`` if it is a ``str`` without hash-tag braces."""
     if not isinstance(prefix, str):

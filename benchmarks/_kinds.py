@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from asynclock import Mutex
-from asynclock._mutex import DEFAULT_PREFIX
-from asynclock._names import fence_key, owner_key
+from asynclock._names import DEFAULT_PREFIX, fence_key, owner_key
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.
 TRIVIAL_SCRIPT = "return 1"

@@ -1,0 +1,203 @@
+"""``Semaphore``: at most ``limit`` holders of one name at a time, across every process.
+
+Keys, all with the name's hash tag (one Redis Cluster slot):
+
+- ``<prefix>{<name>}:holders``: a sorted set of holder tokens scored by their expiry
+  in milliseconds on the server's clock; each holder expires on its own, purged by
+  the next acquire, so a crashed holder gives its permits back after its TTL without
+  touching the others;
+- ``<prefix>{<name>}:permits``: a hash of holder token to ``"<permits>:<fence>"``;
+- ``<prefix>{<name>}:limit``: the limit in force while anyone holds the semaphore;
+- ``<prefix>{<name>}:fence``: the fence counter, shared with nothing else.
+
+Expiry is computed from the server's clock inside the scripts, never from a client's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _scripts
+from ._errors import LockError
+from ._lease import Grant, LeaseLock, OnLost
+from ._names import DEFAULT_PREFIX, tagged
+from ._retry import RetryStrategy
+from ._validate import check_count, check_name, check_prefix
+
+_ACQUIRE = _scripts.Script.load("semaphore_acquire")
+_EXTEND = _scripts.Script.load("semaphore_extend")
+_RELEASE = _scripts.Script.load("semaphore_release")
+_INSPECT = _scripts.Script.load("semaphore_inspect")
+
+
+class LimitMismatch(LockError):
+    """A semaphore was acquired with a limit other than the one its live holders use.
+
+    Two callers disagreeing on a semaphore's limit would each enforce their own and
+    the smaller would mean nothing; asynclock refuses instead. Once every holder with
+    the old limit is gone, a new limit takes effect (as in a rolling deploy).
+
+    :ivar name: the semaphore's name
+    :ivar limit: the limit this caller asked for
+    :ivar limit_in_force: the limit the live holders use
+    """
+
+    def __init__(self, name: str, limit: int, limit_in_force: int) -> None:
+        super().__init__(
+            f"semaphore {name!r} is held with limit={limit_in_force}; this one has limit={limit}"
+        )
+        self.name = name
+        self.limit = limit
+        self.limit_in_force = limit_in_force
+
+
+@dataclass(frozen=True, slots=True)
+class SemaphorePermits:
+    """The :class:`~asynclock._lease.Resource` of ``permits`` of a semaphore."""
+
+    prefix: str
+    name: str
+    limit: int
+    permits: int
+    keys: tuple[str, str, str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = tagged(self.prefix, self.name)
+        keys = (f"{base}:holders", f"{base}:permits", f"{base}:limit", f"{base}:fence")
+        object.__setattr__(self, "keys", keys)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The semaphore's name, alone."""
+        return (self.name,)
+
+    @property
+    def description(self) -> str:
+        """The semaphore's name, for messages."""
+        return self.name
+
+    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
+        """Take the permits for ``token`` if enough are free."""
+        reply = await _ACQUIRE(client, self.keys, (token, ttl_ms, self.limit, self.permits))
+        status, value = int(reply[0]), int(reply[1])
+        if status == 1:
+            return Grant(True, (value,))
+        if status == -1:
+            raise LimitMismatch(self.name, self.limit, value)
+        return Grant(False, (), retry_after=value / 1000 if value > 0 else None)
+
+    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
+        """Reset the holder's expiry if it is still live; never revive it."""
+        return int(await _EXTEND(client, self.keys[:3], (token, ttl_ms))) == 1
+
+    async def release(self, client: Any, token: str) -> bool:
+        """Give the permits back; report whether the holder was still live."""
+        return int(await _RELEASE(client, self.keys[:2], (token,))) == 1
+
+    async def inspect(self, client: Any) -> tuple[int, int, int]:
+        """Return live holders, permits in use, and the limit in force (-1: none)."""
+        reply = await _INSPECT(client, self.keys[:3], ())
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    async def locked(self, client: Any) -> bool:
+        """Report whether too few permits are free for this acquirer."""
+        _, in_use, _ = await self.inspect(client)
+        return in_use + self.permits > self.limit
+
+
+class Semaphore(LeaseLock):
+    """A distributed counting semaphore: at most ``limit`` permits held at once.
+
+    ::
+
+        async with Semaphore(client, "api:quota", limit=5) as lease:
+            ...  # at most 5 holders run this at once, across every process
+
+    Everything but the counting is :class:`Mutex`'s lifecycle: waiting with a retry
+    strategy, a watchdog extending the lease, loss (the body is cancelled and
+    ``LockLost`` raised), cancellation safety, fencing tokens (strictly increasing per
+    name with each acquisition). Each holder expires on its own after ``ttl``.
+
+    :param client: a ``redis.asyncio`` client
+    :param name: the semaphore's name, a non-empty ``str``
+    :param limit: how many permits exist, an ``int`` >= 1; every user of the name must
+        agree (see :class:`LimitMismatch`)
+    :param permits: how many permits one acquisition takes, all or none (default 1)
+
+    The other parameters are :class:`Mutex`'s.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        name: str,
+        *,
+        limit: int,
+        permits: int = 1,
+        ttl: float = 30.0,
+        timeout: float | None = None,
+        blocking: bool = True,
+        auto_extend: bool = True,
+        extend_interval: float | None = None,
+        max_hold: float | None = None,
+        retry: RetryStrategy | None = None,
+        on_lost: OnLost | None = None,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self._name = check_name(name)
+        checked_limit = check_count(limit, "limit")
+        checked_permits = check_count(permits, "permits")
+        if checked_permits > checked_limit:
+            raise ValueError(f"permits ({permits}) must not exceed limit ({limit})")
+        self._permits = SemaphorePermits(
+            check_prefix(prefix), self._name, checked_limit, checked_permits
+        )
+        super().__init__(
+            client,
+            self._permits,
+            ttl=ttl,
+            timeout=timeout,
+            blocking=blocking,
+            auto_extend=auto_extend,
+            extend_interval=extend_interval,
+            max_hold=max_hold,
+            retry=retry,
+            on_lost=on_lost,
+        )
+
+    @property
+    def name(self) -> str:
+        """The semaphore's name."""
+        return self._name
+
+    @property
+    def limit(self) -> int:
+        """How many permits exist."""
+        return self._permits.limit
+
+    @property
+    def permits(self) -> int:
+        """How many permits one acquisition takes."""
+        return self._permits.permits
+
+    @property
+    def fencing_token(self) -> int:
+        """The fencing token of this object's lease (see ``lease``).
+
+        :raises LockNotOwned: the semaphore is not held through this object
+        """
+        return self._current_lease().fencing_token
+
+    async def holders(self) -> int:
+        """Ask Redis how many live holders the semaphore has now."""
+        holders, _, _ = await self._inspect()
+        return holders
+
+    async def in_use(self) -> int:
+        """Ask Redis how many permits live holders hold now."""
+        _, in_use, _ = await self._inspect()
+        return in_use
+
+    async def _inspect(self) -> tuple[int, int, int]:
+        return await self._call(self._permits.inspect(self._client), "inspection")

@@ -1,0 +1,72 @@
+-- Take `permits` of a semaphore's `limit` for a holder, or report when to try again.
+--
+-- KEYS[1]: holders, a sorted set: member = holder token, score = its expiry in ms on
+--          the server's clock (each holder expires on its own)
+-- KEYS[2]: permits, a hash: holder token -> "<permits>:<fencing token>"
+-- KEYS[3]: the limit in force while anyone holds the semaphore
+-- KEYS[4]: the fence counter of the name (never expires)
+-- ARGV[1]: token   ARGV[2]: ttl in ms   ARGV[3]: limit   ARGV[4]: permits
+--
+-- Returns {1, fence} when acquired (or already held by this token: a retried call);
+--         {0, wait_ms} when too few permits are free; wait_ms is the time until the
+--         earliest holder expires;
+--         {-1, limit_in_force} when live holders use another limit.
+--
+-- Expiry is read from the server clock (TIME), never from the callers', so clients
+-- with skewed clocks can neither steal permits nor keep them past their TTL.
+local holders, permits_key, limit_key, fence_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, ttl = ARGV[1], tonumber(ARGV[2])
+local limit, wanted = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+-- Purge the holders whose lease has run out.
+local expired = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  redis.call('HDEL', permits_key, unpack(expired))
+end
+
+local held = redis.call('HGET', permits_key, token)
+if held and redis.call('ZSCORE', holders, token) then
+  redis.call('ZADD', holders, now + ttl, token)
+  return {1, tonumber(string.match(held, ':(%d+)$'))}
+end
+
+local live = redis.call('ZCARD', holders)
+if live > 0 then
+  local in_force = tonumber(redis.call('GET', limit_key))
+  if in_force and in_force ~= limit then
+    return {-1, in_force}
+  end
+end
+
+local in_use = 0
+if live > 0 then
+  for _, count in ipairs(redis.call('HVALS', permits_key)) do
+    in_use = in_use + tonumber(string.match(count, '^(%d+):'))
+  end
+end
+if in_use + wanted > limit then
+  local first = redis.call('ZRANGE', holders, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    return {0, -1}
+  end
+  return {0, tonumber(first[2]) - now}
+end
+
+local fence = redis.call('INCR', fence_key)
+if fence == 1 then
+  local seed = time[1] .. string.format('%06d', tonumber(time[2]))
+  redis.call('SET', fence_key, seed)
+  fence = tonumber(seed)
+end
+redis.call('ZADD', holders, now + ttl, token)
+redis.call('HSET', permits_key, token, wanted .. ':' .. fence)
+-- The limit, the set and the hash live as long as the longest-lived holder.
+local longest = tonumber(redis.call('ZRANGE', holders, -1, -1, 'WITHSCORES')[2]) - now
+redis.call('SET', limit_key, limit, 'PX', longest)
+redis.call('PEXPIRE', holders, longest)
+redis.call('PEXPIRE', permits_key, longest)
+return {1, fence}
