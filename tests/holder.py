@@ -1,6 +1,6 @@
 """A worker process that takes a lock, says so on stdout, and then hangs until killed.
 
-Usage: python holder.py URL NAME TTL
+Usage: python holder.py URL NAME TTL [LIMIT]   (with LIMIT: one permit of a Semaphore)
 """
 
 from __future__ import annotations
@@ -10,16 +10,23 @@ import sys
 
 import redis.asyncio as redis
 
-from asynclock import Mutex
+from asynclock import Mutex, Semaphore
+from asynclock._lease import LeaseLock
 
 
-async def hold(url: str, name: str, ttl: float) -> None:
+async def hold(url: str, name: str, ttl: float, limit: int | None) -> None:
     """Hold the lock (extending it) until the process is killed."""
     client = redis.Redis.from_url(url)
-    async with Mutex(client, name, ttl=ttl):
+    lock: LeaseLock = (
+        Mutex(client, name, ttl=ttl)
+        if limit is None
+        else Semaphore(client, name, limit=limit, ttl=ttl)
+    )
+    async with lock:
         print("held", flush=True)
         await asyncio.sleep(3600)
 
 
 if __name__ == "__main__":
-    asyncio.run(hold(sys.argv[1], sys.argv[2], float(sys.argv[3])))
+    limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    asyncio.run(hold(sys.argv[1], sys.argv[2], float(sys.argv[3]), limit))

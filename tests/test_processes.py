@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from asynclock import Mutex
+from asynclock import Mutex, Semaphore
 
 HERE = Path(__file__).parent
 
@@ -28,46 +29,104 @@ def overlaps(records: list[dict[str, float]]) -> list[tuple[dict[str, float], di
     return [(a, b) for a, b in itertools.pairwise(ordered) if b["start"] < a["end"]]
 
 
-def test_the_overlap_checker_finds_overlaps() -> None:
+def most_at_once(records: list[dict[str, float]]) -> int:
+    """Return the most sections that were running at the same moment."""
+    events = sorted(
+        [(record["start"], 1) for record in records] + [(record["end"], -1) for record in records]
+    )  # at equal times the end (-1) sorts first: touching sections do not overlap
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def run_contenders(
+    redis_url: str, tmp_path: Path, name: str, settings: list[int]
+) -> list[dict[str, float]]:
+    """Run three contender processes and return every section they recorded."""
+    outputs = [tmp_path / f"worker-{n}.jsonl" for n in range(3)]
+    command = [sys.executable, str(HERE / "contender.py"), redis_url, name]
+    coroutines, sections, *limit = (str(setting) for setting in settings)
+    workers = [
+        subprocess.Popen([*command, coroutines, sections, str(out), *limit]) for out in outputs
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+    return [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
+
+
+def test_the_checkers_find_overlaps() -> None:
     assert overlaps([{"start": 0, "end": 2}, {"start": 1, "end": 3}])
     assert not overlaps([{"start": 0, "end": 1}, {"start": 1, "end": 3}])
+    three = [{"start": 0, "end": 3}, {"start": 1, "end": 4}, {"start": 2, "end": 5}]
+    assert most_at_once(three) == 3
+    assert most_at_once([*three[:2], {"start": 4, "end": 5}]) == 2
 
 
 def test_processes_never_overlap_and_fencing_tokens_increase(
     redis_url: str, tmp_path: Path
 ) -> None:
-    processes, coroutines, sections = 3, 4, 15
-    outputs = [tmp_path / f"worker-{n}.jsonl" for n in range(processes)]
-    command = [sys.executable, str(HERE / "contender.py"), redis_url, "procs"]
-    settings = [str(coroutines), str(sections)]
-    workers = [subprocess.Popen([*command, *settings, str(out)]) for out in outputs]
-    for worker in workers:
-        assert worker.wait(timeout=120) == 0
-    records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
-    assert len(records) == processes * coroutines * sections
+    records = run_contenders(redis_url, tmp_path, "procs", [4, 15])
+    assert len(records) == 3 * 4 * 15
     assert overlaps(records) == []
     fences = [record["fence"] for record in sorted(records, key=lambda r: r["start"])]
     assert fences == sorted(fences)
     assert len(set(fences)) == len(fences)
 
 
-async def test_a_killed_holders_lock_is_taken_after_its_ttl(redis_url: str) -> None:
-    ttl = 1.0
+def test_a_semaphore_never_has_more_holders_than_its_limit(redis_url: str, tmp_path: Path) -> None:
+    records = run_contenders(redis_url, tmp_path, "sem", [10, 8, 3])
+    assert len(records) == 3 * 10 * 8
+    assert most_at_once(records) == 3  # reached, never passed
+    assert len({record["fence"] for record in records}) == len(records)
+
+
+async def start_holder(redis_url: str, name: str, ttl: float, *limit: str) -> Process:
+    """Start holder.py and wait until it holds the lock."""
     holder = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "holder.py"), redis_url, "killed", str(ttl),
+        sys.executable, str(HERE / "holder.py"), redis_url, name, str(ttl), *limit,
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    try:
-        assert holder.stdout is not None
-        line = await asyncio.wait_for(holder.stdout.readline(), 30)
-        assert line.strip() == b"held"
-        os.kill(holder.pid, signal.SIGKILL)
-        killed = time.monotonic()
-    finally:
-        await asyncio.wait_for(holder.wait(), 10)
+    assert holder.stdout is not None
+    line = await asyncio.wait_for(holder.stdout.readline(), 30)
+    assert line.strip() == b"held"
+    return holder
+
+
+async def kill(holder: Process) -> float:
+    """SIGKILL the holder; return when it died, on time.monotonic()."""
+    os.kill(holder.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    await asyncio.wait_for(holder.wait(), 10)
+    return killed
+
+
+async def test_a_killed_holders_lock_is_taken_after_its_ttl(redis_url: str) -> None:
+    ttl = 1.0
+    holder = await start_holder(redis_url, "killed", ttl)
+    killed = await kill(holder)
     client = redis.Redis.from_url(redis_url)
     async with Mutex(client, "killed", ttl=5, timeout=10):
         waited = time.monotonic() - killed
     await client.aclose()
     # Not before the dead holder's lease ran out, and soon after it.
+    assert ttl * 0.5 < waited < ttl + 0.5
+
+
+async def test_a_killed_semaphore_holders_permit_returns_after_its_ttl(redis_url: str) -> None:
+    ttl = 1.0
+    client = redis.Redis.from_url(redis_url)
+    survivor = Semaphore(client, "killed-sem", limit=2, ttl=5)
+    assert await survivor.acquire(blocking=False)
+    holder = await start_holder(redis_url, "killed-sem", ttl, "2")
+    assert await survivor.holders() == 2
+    killed = await kill(holder)
+    async with Semaphore(client, "killed-sem", limit=2, ttl=5, timeout=10):
+        waited = time.monotonic() - killed
+        # The dead holder's permit came back; the live holder kept its own.
+        assert survivor.owned
+        assert await survivor.holders() == 2
+    await survivor.release()
+    await client.aclose()
     assert ttl * 0.5 < waited < ttl + 0.5

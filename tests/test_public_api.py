@@ -10,6 +10,7 @@ import asynclock
 PUBLIC = [
     "ExponentialBackoff",
     "Lease",
+    "LimitMismatch",
     "LimitRetries",
     "LinearBackoff",
     "LockBackendError",
@@ -17,9 +18,11 @@ PUBLIC = [
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
+    "MultiLock",
     "Mutex",
     "NoRetry",
     "RetryStrategy",
+    "Semaphore",
 ]
 
 
@@ -41,12 +44,20 @@ def test_every_public_name_and_member_has_a_docstring() -> None:
 
 
 def test_every_error_is_a_lock_error() -> None:
-    for name in ("LockNotAcquired", "LockNotOwned", "LockLost", "LockBackendError"):
+    for name in (
+        "LockNotAcquired",
+        "LockNotOwned",
+        "LockLost",
+        "LockBackendError",
+        "LimitMismatch",
+    ):
         assert issubclass(getattr(asynclock, name), asynclock.LockError)
 
 
 def test_the_package_ships_its_types_and_scripts() -> None:
     files = resources.files("asynclock")
     assert files.joinpath("py.typed").is_file()
-    for script in ("acquire", "extend", "release"):
+    scripts = ["acquire", "extend", "release"]
+    scripts += ["semaphore_acquire", "semaphore_extend", "semaphore_release", "semaphore_inspect"]
+    for script in scripts:
         assert files.joinpath("scripts", f"{script}.lua").is_file()

@@ -63,7 +63,8 @@ if fence == 1 then
   fence = tonumber(seed)
 end
 redis.call('ZADD', holders, now + ttl, token)
-redis.call('HSET', permits_key, token, wanted .. ':' .. fence)
+-- '%.0f': a plain `..` would write a large number as 1.7955e+15.
+redis.call('HSET', permits_key, token, wanted .. ':' .. string.format('%.0f', fence))
 -- The limit, the set and the hash live as long as the longest-lived holder.
 local longest = tonumber(redis.call('ZRANGE', holders, -1, -1, 'WITHSCORES')[2]) - now
 redis.call('SET', limit_key, limit, 'PX', longest)
