@@ -10,7 +10,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import Mutex
+from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._names import fence_key, owner_key
 from asynclock._server import RedisServer, free_port
 
@@ -60,5 +60,20 @@ async def test_mutex_on_redis_cluster(cluster_port: int) -> None:
             assert not await Mutex(client, name).locked()
         nodes = {client.get_node_from_key(owner_key("asynclock:", name)).port for name in names}
         assert len(nodes) == 3  # the names really were spread over every node
+    finally:
+        await client.aclose()
+
+
+async def test_multilock_and_semaphore_on_redis_cluster(cluster_port: int) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        with pytest.raises(ValueError, match="hash tag"):
+            MultiLock(client, ["account:1", "account:2"])
+        names = ["{account:7}:debit", "{account:7}:credit"]
+        async with MultiLock(client, names) as lease:
+            assert set(lease.fencing_tokens) == set(names)
+            assert not await Mutex(client, names[0]).acquire(blocking=False)
+        async with Semaphore(client, "api:quota", limit=2):
+            assert await Semaphore(client, "api:quota", limit=2).holders() == 1
     finally:
         await client.aclose()
