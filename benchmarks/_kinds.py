@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from asynclock import Mutex
-from asynclock._names import DEFAULT_PREFIX, fence_key, owner_key
+from asynclock import MultiLock, Mutex, Semaphore
+from asynclock._lease import LeaseLock
+from asynclock._names import DEFAULT_PREFIX, fence_key, owner_key, tagged
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.
 TRIVIAL_SCRIPT = "return 1"
@@ -42,6 +43,7 @@ class Kind:
     :ivar run: runs ``n`` operations back to back
     :ivar owner_key: the key that holds the lock while it is held (lock kinds)
     :ivar fence_key: the asynclock fence counter, bumped once per acquire (asynclock kinds)
+    :ivar extra_keys: other keys the kind writes (a MultiLock's second name)
     """
 
     key: str
@@ -50,11 +52,13 @@ class Kind:
     run: Operation
     owner_key: str | None = None
     fence_key: str | None = None
+    extra_keys: tuple[str, ...] = ()
 
     @property
     def keys(self) -> tuple[str, ...]:
         """Every key this kind writes."""
-        return tuple(key for key in (self.owner_key, self.fence_key) if key is not None)
+        named = tuple(key for key in (self.owner_key, self.fence_key) if key is not None)
+        return named + self.extra_keys
 
 
 async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
@@ -66,6 +70,9 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
     reused_name, with_name, no_extend_name = (f"{tag}:{key}" for key in ("mutex", "with", "ne"))
     reused = Mutex(client, reused_name, ttl=LOCK_TTL)
     no_extend = Mutex(client, no_extend_name, ttl=LOCK_TTL, auto_extend=False)
+    semaphore_name, multi_names = f"{tag}:sem", [f"{tag}:multi-1", f"{tag}:multi-2"]
+    semaphore = Semaphore(client, semaphore_name, limit=5, ttl=LOCK_TTL)
+    multi = MultiLock(client, multi_names, ttl=LOCK_TTL)
     peer_name = f"{tag}:redis-py"
     peer = client.lock(peer_name, timeout=LOCK_TTL)
 
@@ -79,14 +86,14 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
         for _ in range(n):
             await client.evalsha(sha, 0)
 
-    def acquire_release(lock: Mutex) -> Operation:
+    def acquire_release(lock: LeaseLock) -> Operation:
         """Return an operation that acquires (without waiting) and releases ``lock``."""
 
         async def run(n: int) -> None:
             """``n`` acquire+release pairs on one reused lock object."""
             for _ in range(n):
                 if not await lock.acquire(blocking=False):
-                    raise BenchmarkError(f"the free lock {lock.name!r} was not acquired")
+                    raise BenchmarkError(f"the free lock {lock!r} was not acquired")
                 await lock.release()
 
         return run
@@ -116,6 +123,24 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
         mutex_kind("with", "async with Mutex(...)", with_name, with_new_mutex),
         mutex_kind(
             "no-extend", "Mutex auto_extend=False", no_extend_name, acquire_release(no_extend)
+        ),
+        Kind(
+            "semaphore",
+            "Semaphore(limit=5) acquire+release",
+            True,
+            acquire_release(semaphore),
+            f"{tagged(DEFAULT_PREFIX, semaphore_name)}:holders",
+            f"{tagged(DEFAULT_PREFIX, semaphore_name)}:fence",
+            (f"{tagged(DEFAULT_PREFIX, semaphore_name)}:limit",),
+        ),
+        Kind(
+            "multilock",
+            "MultiLock(2 names) acquire+release",
+            True,
+            acquire_release(multi),
+            owner_key(DEFAULT_PREFIX, multi_names[0]),
+            fence_key(DEFAULT_PREFIX, multi_names[0]),
+            (owner_key(DEFAULT_PREFIX, multi_names[1]), fence_key(DEFAULT_PREFIX, multi_names[1])),
         ),
         Kind("redis-py", "redis-py Lock acquire+release", True, redis_py_lock, peer_name),
     ]

@@ -115,15 +115,15 @@ def test_round_trip(
     loop.run_until_complete(check_clean(client, [kinds[key]]))
 
 
-@pytest.mark.parametrize("key", ["mutex", "with", "no-extend"])
-def test_mutex_acquire_release(
+@pytest.mark.parametrize("key", ["mutex", "with", "no-extend", "semaphore", "multilock"])
+def test_lock_acquire_release(
     benchmark: Benchmark,
     loop: asyncio.AbstractEventLoop,
     client: aioredis.Redis,
     kinds: dict[str, Kind],
     key: str,
 ) -> None:
-    """Mutex acquire+release pairs; every acquire takes the lock exactly once."""
+    """asynclock acquire+release pairs; every acquire takes the lock exactly once."""
     kind = kinds[key]
     loop.run_until_complete(kind.run(1))  # create the fence counter
     before = loop.run_until_complete(fence_value(client, kind))
