@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockBackendError, LockNotOwned, Mutex
+from asynclock import LockBackendError, LockNotOwned, Mutex, Semaphore
 
 from .conftest import owner_key
 
@@ -17,6 +17,11 @@ ACL_RULES = (
     "resetkeys", "~asynclock:*", "resetchannels", "-@all",
     "+evalsha", "+eval", "+exists",
     "+get", "+set", "+pttl", "+pexpire", "+incr", "+del", "+time",
+)  # fmt: skip
+#: What a Semaphore needs on top, as documented in README.md.
+SEMAPHORE_ACL_RULES = (
+    "+zadd", "+zrem", "+zcard", "+zscore", "+zrange", "+zrangebyscore", "+zremrangebyscore",
+    "+hget", "+hset", "+hdel", "+hvals",
 )  # fmt: skip
 
 
@@ -52,7 +57,8 @@ async def test_prefixes_keep_applications_apart(client: redis.Redis) -> None:
 async def test_a_least_privilege_acl_user_can_use_locks(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    await client.execute_command("ACL", "SETUSER", "locker", "reset", "on", ">secret", *ACL_RULES)
+    rules = (*ACL_RULES, *SEMAPHORE_ACL_RULES)
+    await client.execute_command("ACL", "SETUSER", "locker", "reset", "on", ">secret", *rules)
     try:
         user = make_client(username="locker", password="secret")
         async with Mutex(user, "x", ttl=0.3) as lease:
@@ -60,6 +66,10 @@ async def test_a_least_privilege_acl_user_can_use_locks(
             assert await Mutex(user, "x").locked()
         assert lease.extensions >= 1
         assert await client.exists(owner_key("x")) == 0
+        async with Semaphore(user, "q", limit=2, ttl=0.3) as lease:
+            await asyncio.sleep(0.4)
+            assert await Semaphore(user, "q", limit=2).holders() == 1
+        assert lease.extensions >= 1
         # Keys outside the allowed pattern are refused with a clear error.
         with pytest.raises(LockBackendError, match=r"(?i)permission"):
             await Mutex(user, "x", prefix="other:").acquire()
