@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from asynclock import LockLost, Mutex
+from asynclock import LockLost, MultiLock, Mutex, Semaphore
 
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("lupa")
@@ -32,4 +32,17 @@ async def test_mutex_works_on_fake_async_redis() -> None:
         async with Mutex(client, "y", ttl=0.3):
             await client.delete("asynclock:{y}")
             await asyncio.sleep(2)
+    await client.aclose()
+
+
+async def test_semaphore_and_multilock_work_on_fake_async_redis() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    semaphore = Semaphore(client, "q", limit=2)
+    async with semaphore:
+        assert await semaphore.holders() == 1
+        assert await Semaphore(client, "q", limit=2).acquire(blocking=False)
+        assert not await Semaphore(client, "q", limit=2).acquire(blocking=False)
+    async with MultiLock(client, ["a", "b"]) as lease:
+        assert set(lease.fencing_tokens) == {"a", "b"}
+        assert not await Mutex(client, "b").acquire(blocking=False)
     await client.aclose()
