@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol, TypeVar
 import redis
 from redis.exceptions import RedisError
 
+from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
 from ._retry import DEFAULT_RETRY, NoRetry, RetryStrategy
 from ._validate import MIN_TTL, check_optional_seconds, check_seconds
@@ -123,6 +124,11 @@ class Resource(Protocol):
     @property
     def description(self) -> str:
         """The lock's name(s), for messages."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """The lock's main Redis key, for events."""
         ...
 
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
@@ -420,6 +426,21 @@ class Lease:
         self._deadline = max(self._deadline, lease_deadline(sent, self._policy.ttl))
         self._server_expiry = max(self._server_expiry, time.monotonic() + self._policy.ttl)
         self.extensions += 1
+        if _events.listening("lock_extended"):
+            _events.emit(self._event("lock_extended"))
+
+    def _event(self, event: str, error: BaseException | None = None) -> _events.LockEvent:
+        """Build an event about this lease; ``duration`` is how long it has been held."""
+        return _events.LockEvent(
+            event=event,
+            lock=self.name,
+            key=self._resource.key,
+            token=self.token,
+            fencing_token=self.fencing_token,
+            duration=time.monotonic() - self.acquired_at,
+            error=error,
+            at=_events.now(),
+        )
 
     # The watchdog is a timer, not a task: most leases are released long before their
     # first extension, and arming a timer costs far less than starting a task. Only
@@ -476,13 +497,8 @@ class Lease:
                 ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
         except (RedisError, TimeoutError, OSError) as exc:
             self._failures += 1
-            _log.warning(
-                "extending lock %r failed (%d in a row, %.3f s left): %r",
-                self.name,
-                self._failures,
-                max(0.0, self._deadline - time.monotonic()),
-                exc,
-            )
+            if _events.listening("lock_extend_failed"):
+                _events.emit(self._event("lock_extend_failed", error=exc))
             self._next_extension = time.monotonic() + extension_retry_pause(
                 policy.extend_interval, self._failures
             )
@@ -506,7 +522,8 @@ class Lease:
             return
         self._state = _LOST
         loss = self._loss = LockLost(self.name, reason)
-        _log.warning("lost lock %r: %s", self.name, reason)
+        if _events.listening("lock_lost"):
+            _events.emit(self._event("lock_lost", error=loss))
         holder = self._holder
         if (
             holder is not None
@@ -554,6 +571,10 @@ class Lease:
             self._loss = LockLost(
                 self.name, "the lease was gone at release: it expired or was deleted"
             )
+            if _events.listening("lock_lost"):
+                _events.emit(self._event("lock_lost", error=self._loss))
+        elif _events.listening("lock_released"):
+            _events.emit(self._event("lock_released"))
         return ours
 
 
@@ -718,6 +739,8 @@ class LeaseLock:
             return False
         self._leases[task] = lease
         lease._start_watchdog()
+        if _events.listening("lock_acquired"):
+            _events.emit(lease._event("lock_acquired"))
         return True
 
     async def _obtain(self, blocking: bool, wait_limit: float | None) -> Lease | None:

@@ -77,6 +77,11 @@ class NamedLocks:
         """The names, for messages."""
         return ", ".join(self.names)
 
+    @property
+    def key(self) -> str:
+        """The owner key of the first name."""
+        return self.owner_keys[0]
+
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
         """Take every name for ``token`` at once, or report how long the holder has."""
         reply = await _scripts.ACQUIRE(client, self.acquire_keys, (token, ttl_ms))

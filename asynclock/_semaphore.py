@@ -77,6 +77,11 @@ class SemaphorePermits:
         """The semaphore's name, for messages."""
         return self.name
 
+    @property
+    def key(self) -> str:
+        """The sorted set of holders."""
+        return self.keys[0]
+
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
         """Take the permits for ``token`` if enough are free."""
         reply = await _ACQUIRE(client, self.keys, (token, ttl_ms, self.limit, self.permits))
