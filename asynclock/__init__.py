@@ -6,11 +6,15 @@ body outlives its TTL (auto-extend), when the lease is lost (the body is cancell
 and ``LockLost`` raised), and when a task is cancelled halfway through an acquire.
 """
 
+from ._decorators import locked as locked
 from ._errors import LockBackendError as LockBackendError
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
 from ._errors import LockNotAcquired as LockNotAcquired
 from ._errors import LockNotOwned as LockNotOwned
+from ._events import LockEvent as LockEvent
+from ._events import set_verbosity as set_verbosity
+from ._events import subscribe as subscribe
 from ._lease import Lease as Lease
 from ._multilock import MultiLock as MultiLock
 from ._mutex import Mutex as Mutex
@@ -30,6 +34,7 @@ __all__ = [
     "LinearBackoff",
     "LockBackendError",
     "LockError",
+    "LockEvent",
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
@@ -38,6 +43,9 @@ __all__ = [
     "NoRetry",
     "RetryStrategy",
     "Semaphore",
+    "locked",
+    "set_verbosity",
+    "subscribe",
 ]
 
 __version__ = "0.1.0"

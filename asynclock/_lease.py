@@ -157,6 +157,8 @@ class LeasePolicy:
     :ivar auto_extend: whether a watchdog extends the lease while it is held
     :ivar max_hold: the longest a lease may be held in all, or ``None``
     :ivar on_lost: called with the ``LockLost`` error when a lease is lost
+    :ivar hold_at_least: keep the lock until this long after the acquire, even if
+        released earlier, or ``None``
     """
 
     ttl: float
@@ -164,6 +166,7 @@ class LeasePolicy:
     auto_extend: bool
     max_hold: float | None
     on_lost: OnLost | None
+    hold_at_least: float | None = None
 
     @classmethod
     def build(
@@ -173,6 +176,7 @@ class LeasePolicy:
         auto_extend: object,
         max_hold: object,
         on_lost: object,
+        hold_at_least: object = None,
     ) -> LeasePolicy:
         """Validate the arguments and return the policy they describe."""
         checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL)
@@ -188,12 +192,19 @@ class LeasePolicy:
             raise TypeError(f"auto_extend must be a bool, not {type(auto_extend).__name__}")
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be a callable taking the LockLost error")
+        checked_max_hold = check_optional_seconds(max_hold, "max_hold")
+        least = check_optional_seconds(hold_at_least, "hold_at_least")
+        if least is not None and checked_max_hold is not None and least > checked_max_hold:
+            raise ValueError(
+                f"hold_at_least ({least} s) must not exceed max_hold ({checked_max_hold} s)"
+            )
         return cls(
             ttl=checked_ttl,
             extend_interval=interval,
             auto_extend=auto_extend,
-            max_hold=check_optional_seconds(max_hold, "max_hold"),
+            max_hold=checked_max_hold,
             on_lost=on_lost,  # checked callable above
+            hold_at_least=least,
         )
 
     @property
@@ -246,9 +257,18 @@ async def _release_by_token(resource: Resource, client: Any, token: str, timeout
     try:
         async with asyncio.timeout(timeout):
             return await resource.release(client, token)
-    except TimeoutError as exc:
+    except (TimeoutError, RedisError) as exc:
         raise LockBackendError(resource.description, "release", exc) from exc
-    except RedisError as exc:
+
+
+async def _extend_by_token(
+    resource: Resource, client: Any, token: str, ttl_ms: int, timeout: float
+) -> bool:
+    """Set what ``token`` holds to expire in ``ttl_ms``, within ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await resource.extend(client, token, ttl_ms)
+    except (TimeoutError, RedisError) as exc:
         raise LockBackendError(resource.description, "release", exc) from exc
 
 
@@ -547,6 +567,27 @@ class Lease:
         left = self._server_expiry - time.monotonic()
         return min(max(left, _RELEASE_TIMEOUT_FLOOR), _RELEASE_TIMEOUT_CAP)
 
+    async def _give_back(self, timeout: float) -> bool:
+        """Release by token, or with ``hold_at_least``, shorten the TTL to what is left.
+
+        Keeping the key until ``hold_at_least`` after the acquire makes a job that
+        finished early still exclude a replica whose scheduler fires it a little later.
+        """
+        keep = self._policy.hold_at_least
+        if keep is not None:
+            left = self.acquired_at + keep - time.monotonic()
+            if left > 0.001:
+                return await _extend_by_token(
+                    self._resource, self._client, self.token, math.ceil(left * 1000), timeout
+                )
+        return await _release_by_token(self._resource, self._client, self.token, timeout)
+
+    async def _give_back_logged(self, timeout: float) -> None:
+        try:
+            await self._give_back(timeout)
+        except LockBackendError as exc:
+            _log.warning("could not release lock %r; it expires within its TTL: %s", self.name, exc)
+
     async def _release(self) -> bool:
         """Stop the watchdog and release; return whether the lease was still ours."""
         self._stop_watchdog()
@@ -557,14 +598,12 @@ class Lease:
         self._state = _RELEASED
         timeout = self._release_timeout()
         try:
-            ours = await _release_by_token(self._resource, self._client, self.token, timeout)
+            ours = await self._give_back(timeout)
         except asyncio.CancelledError:
             # Cancelled with the release in flight: it may or may not have run. Run it
             # again to its end (by token, so twice is harmless), then go on cancelled.
             # Retrying only here keeps the common path free of an extra task.
-            await _complete_despite_cancel(
-                _clean_up(self._resource, self._client, self.token, timeout)
-            )
+            await _complete_despite_cancel(self._give_back_logged(timeout))
             raise
         if not ours:
             self._state = _LOST
@@ -639,11 +678,14 @@ class LeaseLock:
         max_hold: float | None,
         retry: RetryStrategy | None,
         on_lost: OnLost | None,
+        hold_at_least: float | None = None,
     ) -> None:
         _check_client(client)
         self._client = client
         self._resource = resource
-        self._policy = LeasePolicy.build(ttl, extend_interval, auto_extend, max_hold, on_lost)
+        self._policy = LeasePolicy.build(
+            ttl, extend_interval, auto_extend, max_hold, on_lost, hold_at_least
+        )
         self._timeout = check_optional_seconds(timeout, "timeout")
         if not isinstance(blocking, bool):
             raise TypeError(f"blocking must be a bool, not {type(blocking).__name__}")

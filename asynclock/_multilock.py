@@ -50,6 +50,7 @@ class MultiLock(LeaseLock):
         max_hold: float | None = None,
         retry: RetryStrategy | None = None,
         on_lost: OnLost | None = None,
+        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self._names = check_names(names)
@@ -66,6 +67,7 @@ class MultiLock(LeaseLock):
             max_hold=max_hold,
             retry=retry,
             on_lost=on_lost,
+            hold_at_least=hold_at_least,
         )
 
     @property

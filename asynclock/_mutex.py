@@ -51,6 +51,10 @@ class Mutex(LeaseLock):
     :param retry: how a blocked acquire waits between tries (default:
         :class:`~asynclock.ExponentialBackoff` from 5 ms to 100 ms)
     :param on_lost: called (or awaited) with the ``LockLost`` error on loss
+    :param hold_at_least: keep the lock until this many seconds after the acquire,
+        even when the body finishes earlier (the release then shortens the TTL to what
+        is left instead of deleting the key), so that a short scheduled job runs once
+        per tick even when replicas' schedulers fire it at slightly different times
     :param prefix: prepended to every key (default ``"asynclock:"``); keeps
         applications apart on a shared server; must not contain braces
     :raises TypeError: an argument has the wrong type (checked before any command)
@@ -70,6 +74,7 @@ class Mutex(LeaseLock):
         max_hold: float | None = None,
         retry: RetryStrategy | None = None,
         on_lost: OnLost | None = None,
+        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self._name = check_name(name)
@@ -84,6 +89,7 @@ class Mutex(LeaseLock):
             max_hold=max_hold,
             retry=retry,
             on_lost=on_lost,
+            hold_at_least=hold_at_least,
         )
 
     @property

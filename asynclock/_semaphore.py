@@ -148,6 +148,7 @@ class Semaphore(LeaseLock):
         max_hold: float | None = None,
         retry: RetryStrategy | None = None,
         on_lost: OnLost | None = None,
+        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
         self._name = check_name(name)
@@ -169,6 +170,7 @@ class Semaphore(LeaseLock):
             max_hold=max_hold,
             retry=retry,
             on_lost=on_lost,
+            hold_at_least=hold_at_least,
         )
 
     @property

@@ -15,6 +15,7 @@ PUBLIC = [
     "LinearBackoff",
     "LockBackendError",
     "LockError",
+    "LockEvent",
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
@@ -23,6 +24,9 @@ PUBLIC = [
     "NoRetry",
     "RetryStrategy",
     "Semaphore",
+    "locked",
+    "set_verbosity",
+    "subscribe",
 ]
 
 

@@ -1,0 +1,254 @@
+"""@locked against the real server: names, clients, skip vs wait, limit, loss, events."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import (
+    LockEvent,
+    LockLost,
+    LockNotAcquired,
+    Mutex,
+    locked,
+    set_verbosity,
+    subscribe,
+)
+
+from .conftest import owner_key
+
+
+@pytest.fixture
+def events() -> Iterator[list[LockEvent]]:
+    """Every event emitted during the test."""
+    seen: list[LockEvent] = []
+    unsubscribe = subscribe(seen.append)
+    yield seen
+    unsubscribe()
+
+
+def names_of(events: list[LockEvent], prefix: str = "task_") -> list[str]:
+    """The event names, in order, of the events whose name starts with ``prefix``."""
+    return [event.event for event in events if event.event.startswith(prefix)]
+
+
+class Reports:
+    """A service with its client on an attribute, as users write them."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self.seen_keys: list[bytes | None] = []
+
+    @locked("report:{user_id}:{kind}", client="redis", ttl=5)
+    async def build(self, user_id: int, kind: str = "daily") -> str:
+        """Build a report."""
+        self.seen_keys.append(await self.redis.get(owner_key(f"report:{user_id}:{kind}")))
+        return f"report {user_id} {kind}"
+
+    @locked("by-callable:{user_id}", client=lambda self: self.redis)
+    async def by_callable(self, user_id: int) -> int:
+        """Find the client through a callable."""
+        return user_id
+
+
+async def test_the_name_is_formatted_from_the_arguments_with_defaults(
+    client: redis.Redis,
+) -> None:
+    reports = Reports(client)
+    assert await reports.build(7) == "report 7 daily"
+    assert await reports.build(user_id=8, kind="weekly") == "report 8 weekly"
+    assert all(key is not None for key in reports.seen_keys)  # held during the call
+    assert await client.exists(owner_key("report:7:daily")) == 0  # released after
+    assert await reports.by_callable(3) == 3
+
+
+async def test_plain_functions_and_the_default_name(client: redis.Redis) -> None:
+    @locked(client=client)
+    async def nightly() -> str:
+        return "done"
+
+    @locked("zero-arg", client=lambda: client)
+    async def from_factory() -> str:
+        return "ok"
+
+    assert await nightly() == "done"
+    assert await from_factory() == "ok"
+    async with Mutex(client, f"{__name__}.{nightly.__qualname__}"):
+        with pytest.raises(LockNotAcquired):
+            await locked(client=client, timeout=0.1)(nightly.__wrapped__)()  # type: ignore[attr-defined]
+
+
+async def test_skip_if_locked_returns_none_at_once_and_emits_task_skipped(
+    client: redis.Redis, events: list[LockEvent]
+) -> None:
+    @locked("job", client=client, skip_if_locked=True)
+    async def job() -> str:
+        return "ran"
+
+    async with Mutex(client, "job"):
+        started = time.monotonic()
+        assert await job() is None
+        assert time.monotonic() - started < 1.0
+    assert await job() == "ran"
+    assert names_of(events) == [
+        "task_skipped",
+        "task_started",
+        "task_succeeded",
+        "task_finished",
+    ]
+
+
+async def test_without_skip_a_call_waits_then_runs_or_times_out(client: redis.Redis) -> None:
+    @locked("job", client=client, timeout=5)
+    async def job() -> str:
+        return "ran"
+
+    @locked("job", client=client, timeout=0.2)
+    async def impatient() -> str:
+        return "ran"
+
+    holder = Mutex(client, "job")
+    await holder.acquire()
+    with pytest.raises(LockNotAcquired):
+        await impatient()
+    waiting = asyncio.create_task(job())
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await holder.release()
+    assert await waiting == "ran"
+
+
+async def test_limit_uses_a_semaphore(client: redis.Redis) -> None:
+    inside = most = 0
+
+    @locked("api", client=client, limit=2, timeout=10)
+    async def call() -> None:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.02)
+        inside -= 1
+
+    await asyncio.gather(*(call() for _ in range(6)))
+    assert most == 2
+
+
+def test_the_wrapper_keeps_name_doc_and_signature(client: redis.Redis) -> None:
+    assert Reports.build.__name__ == "build"
+    assert Reports.build.__doc__ == "Build a report."
+    assert str(inspect.signature(Reports.build)) == (
+        "(self, user_id: 'int', kind: 'str' = 'daily') -> 'str'"
+    )
+    assert inspect.iscoroutinefunction(Reports.build)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "error"),
+    [
+        ("user:{missing}", {}, ValueError),
+        ("user:{}", {}, ValueError),
+        ("user:{0}", {}, ValueError),
+        ("", {}, ValueError),
+        (None, {"ttl": 0}, ValueError),
+        (None, {"limit": 0}, ValueError),
+        (None, {"timeout": -1}, ValueError),
+        (None, {"skip_if_locked": True, "timeout": 1}, ValueError),
+        (None, {"hold_at_least": 10, "hold_at_most": 5}, ValueError),
+        (None, {"skip_if_locked": "yes"}, TypeError),
+        (None, {"client": None}, TypeError),
+    ],
+)
+def test_bad_decorations_fail_at_decoration_time(
+    client: redis.Redis, name: str | None, options: dict[str, object], error: type
+) -> None:
+    arguments: dict[str, object] = {"client": client, **options}
+
+    async def function(user_id: int) -> None:
+        pass
+
+    with pytest.raises(error):
+        locked(name, **arguments)(function)  # type: ignore[call-overload]
+
+
+def test_a_non_coroutine_function_is_refused(client: redis.Redis) -> None:
+    def plain() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="coroutine function"):
+        locked(client=client)(plain)  # type: ignore[arg-type]
+
+
+async def test_loss_mid_run_cancels_the_call_and_emits_the_sequence(
+    client: redis.Redis, events: list[LockEvent]
+) -> None:
+    reached_the_end = False
+
+    @locked("job", client=client, ttl=0.6)
+    async def job() -> None:
+        nonlocal reached_the_end
+        await client.delete(owner_key("job"))
+        await asyncio.sleep(5)
+        reached_the_end = True
+
+    with pytest.raises(LockLost):
+        await job()
+    assert not reached_the_end
+    sequence = [event.event for event in events if event.event != "lock_acquired"]
+    assert sequence == ["task_started", "lock_lost", "task_failed", "task_finished"]
+    failed = next(event for event in events if event.event == "task_failed")
+    assert isinstance(failed.error, LockLost)
+    assert failed.lock == "job"
+    assert failed.task is not None
+    assert failed.task.endswith("job")
+    assert failed.fencing_token is not None
+
+
+async def test_failure_events_carry_the_error(client: redis.Redis, events: list[LockEvent]) -> None:
+    @locked("job", client=client)
+    async def job() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        await job()
+    assert names_of(events) == ["task_started", "task_failed", "task_finished"]
+    assert isinstance(events[-2].error, KeyError)
+    assert names_of(events, "lock_") == ["lock_acquired", "lock_released"]
+
+
+async def test_verbosity_chooses_what_reaches_the_logger(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    @locked("job", client=client)
+    async def job() -> None:
+        pass
+
+    caplog.set_level(logging.DEBUG, logger="asynclock")
+    try:
+        await job()
+        default = [record.event for record in caplog.records]  # type: ignore[attr-defined]
+        caplog.clear()
+        set_verbosity("verbose")
+        await job()
+        verbose = [record.event for record in caplog.records]  # type: ignore[attr-defined]
+        caplog.clear()
+        set_verbosity("off")
+        await job()
+        assert caplog.records == []
+    finally:
+        set_verbosity("default")
+    assert default == ["task_started", "task_succeeded", "task_finished"]
+    assert verbose == [
+        "lock_acquired",
+        "task_started",
+        "lock_released",
+        "task_succeeded",
+        "task_finished",
+    ]
+    with pytest.raises(ValueError, match="verbosity"):
+        set_verbosity("loud")  # type: ignore[arg-type]
