@@ -26,7 +26,7 @@ from . import _events
 from ._errors import LockNotAcquired
 from ._lease import Lease, LeaseLock, LeasePolicy, _check_client
 from ._mutex import Mutex
-from ._names import DEFAULT_PREFIX, tagged
+from ._names import DEFAULT_PREFIX, owner_key
 from ._retry import RetryStrategy
 from ._semaphore import Semaphore
 from ._validate import check_count, check_optional_seconds, check_prefix
@@ -170,7 +170,7 @@ def locked(
                     _events.LockEvent(
                         event=kind,
                         lock=lock_name,
-                        key=tagged(prefix, lock_name),
+                        key=owner_key(prefix, lock_name),
                         token=None if lease is None else lease.token,
                         fencing_token=None if lease is None else lease.fencing_token,
                         duration=time.monotonic() - started,

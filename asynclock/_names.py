@@ -1,14 +1,12 @@
 """Exclusive locks over one or more names: the keys and scripts behind ``Mutex``.
 
-Each name has two keys that share its hash tag, and so one Redis Cluster slot:
+Each name has two keys that share its hash tag, and so one Redis Cluster slot (see
+:func:`base_key` for names that carry a tag of their own):
 
-- ``<prefix>{<name>}``: the owner key, holding the holder's token, expiring after
-  the lease's TTL (``PX``);
-- ``<prefix>{<name>}:fence``: the fence counter, bumped by every acquire of the name
+- ``<prefix>lock:{<name>}``: the owner key, holding the holder's token, expiring
+  after the lease's TTL (``PX``);
+- ``<prefix>fence:{<name>}``: the fence counter, bumped by every acquire of the name
   and never expiring, which makes fencing tokens strictly increasing per name.
-
-A name that carries a hash tag of its own (``"{account:7}:debit"``) is not wrapped
-again: its keys are ``<prefix><name>`` and ``<prefix><name>:fence``, placed by its tag.
 
 A lock over several names is all-or-nothing in one script call (nothing is held
 partially, not even for a moment); a ``Mutex`` is the one-name case, so the two
@@ -17,6 +15,7 @@ exclude each other on a shared name.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,24 +36,36 @@ def has_hash_tag(name: str) -> bool:
     return start >= 0 and name.find("}", start + 1) > start + 1
 
 
-def tagged(prefix: str, name: str) -> str:
-    """Return the base key of ``name``: the name as its own hash tag, unless it has one.
+def base_key(prefix: str, kind: str, name: str) -> str:
+    """Return the key of ``name`` for data of ``kind``; every key of a name shares a slot.
 
-    ``"jobs:report"`` becomes ``"asynclock:{jobs:report}"``, a slot of its own;
-    ``"{account:7}:debit"`` stays ``"asynclock:{account:7}:debit"``, so names that share
-    a tag share a Redis Cluster slot and can be locked together by one script.
+    Three forms, told apart by the character after ``kind``, so that no two names and
+    no two kinds ever share a key:
+
+    - ``<prefix><kind>:{<name>}`` for most names (``asynclock:lock:{jobs:report}``):
+      the name is its own hash tag;
+    - ``<prefix><kind>=<name>`` for a name that carries a hash tag of its own
+      (``asynclock:lock={account:7}:debit``): names that share a tag share a Redis
+      Cluster slot and can be locked together by one script;
+    - ``<prefix><kind>#{<digest>}<name>`` for a name containing ``}`` without a tag,
+      which could not be wrapped in braces whole.
     """
-    return f"{prefix}{name}" if has_hash_tag(name) else f"{prefix}{{{name}}}"
+    if has_hash_tag(name):
+        return f"{prefix}{kind}={name}"
+    if "}" not in name:
+        return f"{prefix}{kind}:{{{name}}}"
+    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    return f"{prefix}{kind}#{{{digest}}}{name}"
 
 
 def owner_key(prefix: str, name: str) -> str:
     """Return the key that holds ``name``'s current token."""
-    return tagged(prefix, name)
+    return base_key(prefix, "lock", name)
 
 
 def fence_key(prefix: str, name: str) -> str:
     """Return the key that counts ``name``'s fencing tokens."""
-    return f"{tagged(prefix, name)}:fence"
+    return base_key(prefix, "fence", name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,15 @@
 """``Semaphore``: at most ``limit`` holders of one name at a time, across every process.
 
-Keys, all with the name's hash tag (one Redis Cluster slot):
+Keys, all with the name's hash tag (one Redis Cluster slot), apart from the keys of
+locks of the same name:
 
-- ``<prefix>{<name>}:holders``: a sorted set of holder tokens scored by their expiry
-  in milliseconds on the server's clock; each holder expires on its own, purged by
-  the next acquire, so a crashed holder gives its permits back after its TTL without
-  touching the others;
-- ``<prefix>{<name>}:permits``: a hash of holder token to ``"<permits>:<fence>"``;
-- ``<prefix>{<name>}:limit``: the limit in force while anyone holds the semaphore;
-- ``<prefix>{<name>}:fence``: the fence counter, shared with nothing else.
+- ``<prefix>semaphore:{<name>}:holders``: a sorted set of holder tokens scored by
+  their expiry in milliseconds on the server's clock; each holder expires on its
+  own, purged by the next acquire, so a crashed holder gives its permits back after
+  its TTL without touching the others;
+- ``...:permits``: a hash of holder token to ``"<permits>:<fence>"``;
+- ``...:limit``: the limit in force while anyone holds the semaphore;
+- ``...:fence``: the fence counter.
 
 Expiry is computed from the server's clock inside the scripts, never from a client's.
 """
@@ -21,7 +22,7 @@ from typing import Any
 from . import _scripts
 from ._errors import LockError
 from ._lease import Grant, LeaseLock, OnLost
-from ._names import DEFAULT_PREFIX, tagged
+from ._names import DEFAULT_PREFIX, base_key
 from ._retry import RetryStrategy
 from ._validate import check_count, check_name, check_prefix
 
@@ -63,7 +64,7 @@ class SemaphorePermits:
     keys: tuple[str, str, str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        base = tagged(self.prefix, self.name)
+        base = base_key(self.prefix, "semaphore", self.name)
         keys = (f"{base}:holders", f"{base}:permits", f"{base}:limit", f"{base}:fence")
         object.__setattr__(self, "keys", keys)
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._lease import LeaseLock
-from asynclock._names import DEFAULT_PREFIX, fence_key, owner_key, tagged
+from asynclock._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.
 TRIVIAL_SCRIPT = "return 1"
@@ -129,9 +129,9 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
             "Semaphore(limit=5) acquire+release",
             True,
             acquire_release(semaphore),
-            f"{tagged(DEFAULT_PREFIX, semaphore_name)}:holders",
-            f"{tagged(DEFAULT_PREFIX, semaphore_name)}:fence",
-            (f"{tagged(DEFAULT_PREFIX, semaphore_name)}:limit",),
+            f"{base_key(DEFAULT_PREFIX, 'semaphore', semaphore_name)}:holders",
+            f"{base_key(DEFAULT_PREFIX, 'semaphore', semaphore_name)}:fence",
+            (f"{base_key(DEFAULT_PREFIX, 'semaphore', semaphore_name)}:limit",),
         ),
         Kind(
             "multilock",

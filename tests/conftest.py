@@ -56,4 +56,4 @@ async def make_client(redis_url: str) -> AsyncIterator[Callable[..., redis.Redis
 
 def owner_key(name: str) -> str:
     """The owner key of a lock name under the default prefix."""
-    return f"asynclock:{{{name}}}"
+    return f"asynclock:lock:{{{name}}}"

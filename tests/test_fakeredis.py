@@ -30,7 +30,7 @@ async def test_mutex_works_on_fake_async_redis() -> None:
     assert not await lock.locked()
     with pytest.raises(LockLost):
         async with Mutex(client, "y", ttl=0.3):
-            await client.delete("asynclock:{y}")
+            await client.delete("asynclock:lock:{y}")
             await asyncio.sleep(2)
     await client.aclose()
 

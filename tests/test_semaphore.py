@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from asynclock import LimitMismatch, LockLost, LockNotOwned, Semaphore
 from asynclock._semaphore import SemaphorePermits
 
-HOLDERS = "asynclock:{q}:holders"
+HOLDERS = "asynclock:semaphore:{q}:holders"
 
 
 def permits_of(name: str, limit: int, permits: int = 1) -> SemaphorePermits:
