@@ -25,6 +25,10 @@ from ._lease import Grant
 #: The prefix of every key asynclock writes, unless another is given.
 DEFAULT_PREFIX = "asynclock:"
 
+#: How long a release is remembered, so that the same release resent by the client
+#: library (after a lost reply) still counts as released. Covers redis-py's retries.
+RELEASE_TOMBSTONE_MS = 30_000
+
 
 def has_hash_tag(name: str) -> bool:
     """Whether ``name`` carries a Redis Cluster hash tag: ``{...}`` with content.
@@ -107,7 +111,9 @@ class NamedLocks:
 
     async def release(self, client: Any, token: str) -> bool:
         """Delete the names ``token`` holds; report whether it held them all."""
-        released = int(await _scripts.RELEASE(client, self.owner_keys, (token,)))
+        released = int(
+            await _scripts.RELEASE(client, self.owner_keys, (token, RELEASE_TOMBSTONE_MS))
+        )
         return released == len(self.owner_keys)
 
     async def locked(self, client: Any) -> bool:

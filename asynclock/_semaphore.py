@@ -22,7 +22,7 @@ from typing import Any
 from . import _scripts
 from ._errors import LockError
 from ._lease import Grant, LeaseLock, OnLost
-from ._names import DEFAULT_PREFIX, base_key
+from ._names import DEFAULT_PREFIX, RELEASE_TOMBSTONE_MS, base_key
 from ._retry import RetryStrategy
 from ._validate import check_count, check_name, check_prefix
 
@@ -99,7 +99,7 @@ class SemaphorePermits:
 
     async def release(self, client: Any, token: str) -> bool:
         """Give the permits back; report whether the holder was still live."""
-        return int(await _RELEASE(client, self.keys[:2], (token,))) == 1
+        return int(await _RELEASE(client, self.keys[:2], (token, RELEASE_TOMBSTONE_MS))) == 1
 
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""

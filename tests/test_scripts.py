@@ -51,7 +51,7 @@ async def test_fences_increase_across_holders(client: redis.Redis) -> None:
     for n in range(5):
         reply = await _scripts.ACQUIRE(client, keys, (f"t{n}", 1000))
         fences.append(reply[1])
-        assert await _scripts.RELEASE(client, keys[:1], (f"t{n}",)) == 1
+        assert await _scripts.RELEASE(client, keys[:1], (f"t{n}", 1000)) == 1
     assert fences == sorted(set(fences))
 
 
@@ -61,6 +61,26 @@ async def test_fences_keep_increasing_when_the_server_lost_its_data(client: redi
     await client.flushdb()  # what a restart without persistence does
     after = (await _scripts.ACQUIRE(client, keys, ("t2", 1000)))[1]
     assert after > before
+
+
+async def test_fences_keep_increasing_when_the_counter_went_back(client: redis.Redis) -> None:
+    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    before = (await _scripts.ACQUIRE(client, keys, ("t1", 1000)))[1]
+    await _scripts.RELEASE(client, keys[:1], ("t1", 1000))
+    # A replica promoted before it received the latest increments.
+    await client.set(fence_key(P, "a"), 5)
+    after = (await _scripts.ACQUIRE(client, keys, ("t2", 1000)))[1]
+    assert after > before
+
+
+async def test_a_resent_release_still_counts_as_released(client: redis.Redis) -> None:
+    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    await _scripts.ACQUIRE(client, keys, ("tok", 5000))
+    assert await _scripts.RELEASE(client, keys[:1], ("tok", 1000)) == 1
+    assert await _scripts.RELEASE(client, keys[:1], ("tok", 1000)) == 1  # the same, resent
+    assert await _scripts.RELEASE(client, keys[:1], ("other", 1000)) == 0
+    assert await client.exists(owner_key(P, "a")) == 0
+    assert 0 < await client.pttl(f"{owner_key(P, 'a')}:released:tok") <= 1000
 
 
 async def test_acquire_over_several_names_is_all_or_nothing(client: redis.Redis) -> None:
@@ -103,10 +123,10 @@ async def test_release_deletes_only_our_keys(client: redis.Redis) -> None:
     await client.set(owner_key(P, "a"), "tok", px=5000)
     await client.set(owner_key(P, "b"), "other", px=5000)
     keys = (owner_key(P, "a"), owner_key(P, "b"))
-    assert await _scripts.RELEASE(client, keys, ("tok",)) == 1
+    assert await _scripts.RELEASE(client, keys, ("tok", 1000)) == 1
     assert await client.exists(owner_key(P, "a")) == 0
     assert await client.get(owner_key(P, "b")) == b"other"
-    assert await _scripts.RELEASE(client, keys, ("tok",)) == 0
+    assert await _scripts.RELEASE(client, keys, ("stranger", 1000)) == 0
 
 
 async def test_scripts_reload_after_the_server_forgot_them(client: redis.Redis) -> None:

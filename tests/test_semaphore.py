@@ -114,6 +114,14 @@ async def test_an_extension_never_revives_an_expired_holder(client: redis.Redis)
     assert await client.zcard(HOLDERS) == 0
 
 
+async def test_a_resent_release_still_counts_as_released(client: redis.Redis) -> None:
+    permits = permits_of("q", limit=2)
+    assert (await permits.acquire(client, "tok", 5000)).acquired
+    assert await permits.release(client, "tok")
+    assert await permits.release(client, "tok")  # the same release, resent
+    assert not await permits.release(client, "stranger")
+
+
 async def test_a_retried_acquire_takes_no_second_permit(client: redis.Redis) -> None:
     permits = permits_of("q", limit=2)
     first = await permits.acquire(client, "tok", 5000)

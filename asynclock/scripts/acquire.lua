@@ -16,6 +16,21 @@
 local token = ARGV[1]
 local ttl = ARGV[2]
 
+-- The next fencing token of a name: one more than the last, and never below the
+-- server clock in microseconds. So tokens keep increasing even where the counter
+-- went back: a restart without persistence, a restart from an older snapshot, a
+-- failover to a replica that had not received the latest increments.
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local function next_fence(fence_key)
+  local fence = redis.call('INCR', fence_key)
+  if fence < now_us then
+    fence = now_us
+    redis.call('SET', fence_key, string.format('%.0f', fence))
+  end
+  return fence
+end
+
 local ours = {}
 for i = 1, #KEYS, 2 do
   local owner = redis.call('GET', KEYS[i])
@@ -35,16 +50,7 @@ for i = 1, #KEYS, 2 do
     granted[#granted + 1] = tonumber(redis.call('GET', fence_key))
   else
     redis.call('SET', KEYS[i], token, 'PX', ttl)
-    local fence = redis.call('INCR', fence_key)
-    if fence == 1 then
-      -- A new counter starts from the server clock in microseconds, so that fencing
-      -- tokens keep increasing even after the server restarts without its data.
-      local now = redis.call('TIME')
-      local seed = now[1] .. string.format('%06d', tonumber(now[2]))
-      redis.call('SET', fence_key, seed)
-      fence = tonumber(seed)
-    end
-    granted[#granted + 1] = fence
+    granted[#granted + 1] = next_fence(fence_key)
   end
 end
 return granted

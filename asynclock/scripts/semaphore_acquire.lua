@@ -56,11 +56,13 @@ if in_use + wanted > limit then
   return {0, tonumber(first[2]) - now}
 end
 
+-- One more than the last, never below the server clock in microseconds: fencing
+-- tokens keep increasing across restarts and failovers that set the counter back.
 local fence = redis.call('INCR', fence_key)
-if fence == 1 then
-  local seed = time[1] .. string.format('%06d', tonumber(time[2]))
-  redis.call('SET', fence_key, seed)
-  fence = tonumber(seed)
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+if fence < now_us then
+  fence = now_us
+  redis.call('SET', fence_key, string.format('%.0f', fence))
 end
 redis.call('ZADD', holders, now + ttl, token)
 -- '%.0f': a plain `..` would write a large number as 1.7955e+15.

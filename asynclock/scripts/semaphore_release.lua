@@ -2,11 +2,14 @@
 --
 -- KEYS[1]: holders (sorted set)   KEYS[2]: permits (hash)
 -- ARGV[1]: token
+-- ARGV[2]: how long, in milliseconds, to remember that the token released them
 --
--- Returns 1 when the token was a live holder, 0 when it was gone or had expired (it
--- is removed either way). Keyed by the token, so running it twice is harmless.
+-- Returns 1 when the token was a live holder (now, or at an earlier call with the
+-- same token: a tombstone `<holders>:released:<token>` remembers it), 0 when it was
+-- gone or had expired. It is removed either way.
 local holders, permits_key = KEYS[1], KEYS[2]
 local token = ARGV[1]
+local tombstone = holders .. ':released:' .. token
 
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -15,6 +18,7 @@ local expiry = redis.call('ZSCORE', holders, token)
 redis.call('ZREM', holders, token)
 redis.call('HDEL', permits_key, token)
 if expiry and tonumber(expiry) > now then
+  redis.call('SET', tombstone, 1, 'PX', ARGV[2])
   return 1
 end
-return 0
+return redis.call('EXISTS', tombstone)
