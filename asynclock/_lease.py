@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, TypeVar
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
@@ -48,15 +48,17 @@ from ._validate import MIN_TTL, check_optional_seconds, check_seconds
 _log = logging.getLogger("asynclock")
 _T = TypeVar("_T")
 
+#: What a failing Redis call raises: redis-py's errors (a cluster client's routing
+#: errors are not RedisError) and the OS's socket errors.
+_BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
 #: A hook called with the ``LockLost`` error when a lease is lost; it may be async.
 OnLost = Callable[[LockLost], Awaitable[None] | None]
 
 # The longest a release may take before it is given up (the lease then expires on its
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
-_RELEASE_TIMEOUT_CAP: Final = 10.0
+_RELEASE_TIMEOUT_CAP: Final = 2.0
 _RELEASE_TIMEOUT_FLOOR: Final = 0.1
-# The longest the clean-up after a failed or cancelled acquire may take.
-_ABANDON_TIMEOUT_CAP: Final = 2.0
 
 
 # --- decisions without I/O -------------------------------------------------------------
@@ -184,9 +186,13 @@ class LeasePolicy:
             interval = checked_ttl / 3
         else:
             interval = check_seconds(extend_interval, "extend_interval")
-            if interval >= checked_ttl:
+            # The lease is sure to hold only until ttl less the drift allowance: an
+            # extension must come before that, or the lease is lost every time.
+            usable = checked_ttl - drift_allowance(checked_ttl)
+            if interval >= usable:
                 raise ValueError(
                     f"extend_interval ({interval} s) must be shorter than ttl ({checked_ttl} s)"
+                    f" less its drift allowance, so below {usable:.4g} s"
                 )
         if not isinstance(auto_extend, bool):
             raise TypeError(f"auto_extend must be a bool, not {type(auto_extend).__name__}")
@@ -257,7 +263,7 @@ async def _release_by_token(resource: Resource, client: Any, token: str, timeout
     try:
         async with asyncio.timeout(timeout):
             return await resource.release(client, token)
-    except (TimeoutError, RedisError) as exc:
+    except (TimeoutError, *_BACKEND_ERRORS) as exc:
         raise LockBackendError(resource.description, "release", exc) from exc
 
 
@@ -268,7 +274,7 @@ async def _extend_by_token(
     try:
         async with asyncio.timeout(timeout):
             return await resource.extend(client, token, ttl_ms)
-    except (TimeoutError, RedisError) as exc:
+    except (TimeoutError, *_BACKEND_ERRORS) as exc:
         raise LockBackendError(resource.description, "release", exc) from exc
 
 
@@ -410,8 +416,9 @@ class Lease:
         self._check_held()
         sent = time.monotonic()
         try:
-            ok = await self._resource.extend(self._client, self.token, self._policy.ttl_ms)
-        except RedisError as exc:
+            async with asyncio.timeout(self._deadline - sent):
+                ok = await self._resource.extend(self._client, self.token, self._policy.ttl_ms)
+        except (TimeoutError, *_BACKEND_ERRORS) as exc:
             raise LockBackendError(self.name, "extend", exc) from exc
         if not ok:
             self._lose("the token was gone when extending: the lease expired or was deleted")
@@ -512,10 +519,15 @@ class Lease:
         """
         policy = self._policy
         sent = time.monotonic()
+        cut_off = self._deadline
+        if self._hold_limit is not None:
+            cut_off = min(cut_off, self._hold_limit)
         try:
-            async with asyncio.timeout(self._deadline - sent):
+            async with asyncio.timeout(cut_off - sent):
                 ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
-        except (RedisError, TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure: retry until the deadline decides
+            # Not only Redis errors: a cluster client's routing errors, or a bug, must
+            # not end the watchdog silently, or the deadline would never be kept.
             self._failures += 1
             if _events.listening("lock_extend_failed"):
                 _events.emit(self._event("lock_extend_failed", error=exc))
@@ -740,7 +752,7 @@ class LeaseLock:
         """Await a read of the resource, mapping Redis errors to ``LockBackendError``."""
         try:
             return await aw
-        except RedisError as exc:
+        except _BACKEND_ERRORS as exc:
             raise LockBackendError(self._resource.description, action, exc) from exc
 
     async def acquire(
@@ -802,15 +814,23 @@ class LeaseLock:
                     grant = await resource.acquire(client, token, policy.ttl_ms)
                     in_flight = False
                     if grant.acquired:
-                        return Lease(
-                            resource,
-                            client,
-                            policy,
-                            token,
-                            grant.fencing_tokens,
-                            sent,
-                            time.monotonic(),
-                        )
+                        if time.monotonic() < lease_deadline(sent, policy.ttl):
+                            return Lease(
+                                resource,
+                                client,
+                                policy,
+                                token,
+                                grant.fencing_tokens,
+                                sent,
+                                time.monotonic(),
+                            )
+                        # The reply came too late (a stalled loop, a slow network): the
+                        # lease may already belong to someone else. Give it back, retry.
+                        in_flight = True
+                        await _release_by_token(resource, client, token, self._abandon_timeout())
+                        in_flight = False
+                        token = secrets.token_hex(16)
+                        grant = Grant(False, ())
                     delay = next(delays, None)
                     if delay is None:
                         return None
@@ -822,24 +842,28 @@ class LeaseLock:
                 await self._abandon(token)
                 raise LockBackendError(resource.description, "acquire", exc) from exc
             # The wait ran out, possibly while an attempt was in flight whose command
-            # may have reached Redis: release by token so nothing stays held.
+            # may have reached Redis: release by token so nothing stays held. In the
+            # background, so that the caller gets its answer when its timeout says.
             if in_flight:
-                await self._abandon(token)
+                _spawn(_clean_up(resource, client, token, self._abandon_timeout()))
             return None
         except asyncio.CancelledError:
             if in_flight:
                 await self._abandon(token)
             raise
-        except (RedisError, OSError) as exc:
+        except _BACKEND_ERRORS as exc:
             await self._abandon(token)
             raise LockBackendError(resource.description, "acquire", exc) from exc
 
-    async def _abandon(self, token: str) -> None:
-        """Release by token after an acquire whose outcome is unknown."""
+    def _abandon_timeout(self) -> float:
         # Short: the caller is waiting for its error or cancellation to surface, and a
         # hold we could not delete expires on its own within the TTL.
-        timeout = min(max(self._policy.ttl, _RELEASE_TIMEOUT_FLOOR), _ABANDON_TIMEOUT_CAP)
-        await _complete_despite_cancel(_clean_up(self._resource, self._client, token, timeout))
+        return min(max(self._policy.ttl, _RELEASE_TIMEOUT_FLOOR), _RELEASE_TIMEOUT_CAP)
+
+    async def _abandon(self, token: str) -> None:
+        """Release by token after an acquire whose outcome is unknown."""
+        clean_up = _clean_up(self._resource, self._client, token, self._abandon_timeout())
+        await _complete_despite_cancel(clean_up)
 
     def _current_lease(self) -> Lease:
         lease = self.lease

@@ -8,7 +8,8 @@
 --
 -- Returns {1, fence_1, ..., fence_n} when the caller now holds every name, or
 --         {0, pttl} when some name is held by another token; pttl is the time in
---         milliseconds until that holder's lease runs out (-1: no expiry, a foreign key).
+--         milliseconds until that holder's lease runs out (-1: unknown, or a token
+--         that was already released).
 --
 -- A name already holding ARGV[1] counts as ours: a retried acquire whose first try
 -- reached the server (its reply lost) gets the same lease back, with a fresh TTL and
@@ -33,6 +34,11 @@ end
 
 local ours = {}
 for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i] .. ':released:' .. token) == 1 then
+    -- This token was already given back (its release ran before this acquire, as
+    -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
+    return {0, -1}
+  end
   local owner = redis.call('GET', KEYS[i])
   if owner then
     if owner ~= token then

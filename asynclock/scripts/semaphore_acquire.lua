@@ -28,6 +28,10 @@ if #expired > 0 then
   redis.call('HDEL', permits_key, unpack(expired))
 end
 
+if redis.call('EXISTS', holders .. ':released:' .. token) == 1 then
+  return {0, -1}  -- this token was already given back: it must not take anything
+end
+
 local held = redis.call('HGET', permits_key, token)
 if held and redis.call('ZSCORE', holders, token) then
   redis.call('ZADD', holders, now + ttl, token)

@@ -17,8 +17,11 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local expiry = redis.call('ZSCORE', holders, token)
 redis.call('ZREM', holders, token)
 redis.call('HDEL', permits_key, token)
-if expiry and tonumber(expiry) > now then
-  redis.call('SET', tombstone, 1, 'PX', ARGV[2])
-  return 1
+local released = 0
+if (expiry and tonumber(expiry) > now) or redis.call('EXISTS', tombstone) == 1 then
+  released = 1
 end
-return redis.call('EXISTS', tombstone)
+-- Left even when there was nothing to release: an acquire with this token that
+-- reaches the server later (reordered behind its own clean-up) is then refused.
+redis.call('SET', tombstone, 1, 'PX', ARGV[2])
+return released
