@@ -30,8 +30,8 @@ import logging
 import math
 import random
 import secrets
+import sys
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -54,6 +54,11 @@ _BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
 #: A hook called with the ``LockLost`` error when a lease is lost; it may be async.
 OnLost = Callable[[LockLost], Awaitable[None] | None]
+
+# Python 3.11 only: how often, and how many times at most, the cancellation of a body
+# whose lease was lost is repeated (see Lease._cancel_holder).
+_REPEATED_CANCEL_INTERVAL: Final = 0.005
+_MAX_REPEATED_CANCELS: Final = 200
 
 # The longest a release may take before it is given up (the lease then expires on its
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
@@ -313,7 +318,7 @@ class Lease:
 
     __slots__ = (
         "__weakref__",
-        "_cancelled_holder",
+        "_cancels",
         "_cleanup",
         "_client",
         "_deadline",
@@ -365,7 +370,7 @@ class Lease:
         self._cleanup: asyncio.Future[None] | None = None
         self._holder: asyncio.Task[Any] | None = None
         self._exiting = False
-        self._cancelled_holder = False
+        self._cancels = 0
 
     def __repr__(self) -> str:
         return (
@@ -563,8 +568,7 @@ class Lease:
             and not holder.done()
             and holder is not asyncio.current_task()
         ):
-            holder.cancel(msg=f"asynclock: {loss}")
-            self._cancelled_holder = True
+            self._cancel_holder(holder, loss)
         self._stop_watchdog()
         # The key may still hold our token (an extension that could not get through,
         # or max_hold): delete it, so the next holder need not wait for the TTL. The
@@ -574,6 +578,24 @@ class Lease:
         )
         if self._policy.on_lost is not None:
             _call_hook(self._policy.on_lost, loss)
+
+    def _cancel_holder(self, holder: asyncio.Task[Any], loss: LockLost) -> None:
+        """Cancel the body; on Python 3.11, again until it leaves ``async with``.
+
+        Python 3.11's ``asyncio.wait_for`` (used by redis-py too) drops a cancellation
+        that arrives just as the awaited call completes, which would leave the body
+        running without the lock. So there the cancellation is repeated every few
+        milliseconds until the body reaches ``__aexit__``; 3.12 fixed ``wait_for``.
+        """
+        holder.cancel(msg=f"asynclock: {loss}")
+        self._cancels += 1
+        if sys.version_info < (3, 12) and self._cancels <= _MAX_REPEATED_CANCELS:
+            loop = asyncio.get_running_loop()
+            loop.call_later(_REPEATED_CANCEL_INTERVAL, self._cancel_again, holder, loss)
+
+    def _cancel_again(self, holder: asyncio.Task[Any], loss: LockLost) -> None:
+        if not self._exiting and not holder.done():
+            self._cancel_holder(holder, loss)
 
     def _release_timeout(self) -> float:
         left = self._server_expiry - time.monotonic()
@@ -672,9 +694,9 @@ class LeaseLock:
     is not reentrant; waiting on oneself would never end).
 
     Which lease ``release()``, ``extend()``, ``owned`` and ``fencing_token`` mean: the
-    current task's, or, if it has none and the object holds exactly one lease, that
-    one (so a lock acquired in one task can be released from another, as with
-    ``asyncio.Lock``). See :attr:`lease`.
+    current task's, or, if it has none, the object's only lease once the task that
+    acquired it has finished (so ``await asyncio.create_task(lock.acquire())`` then
+    ``await lock.release()`` works). See :attr:`lease`.
     """
 
     def __init__(
@@ -705,9 +727,9 @@ class LeaseLock:
         if retry is not None and not callable(getattr(retry, "delays", None)):
             raise TypeError("retry must be a retry strategy (an object with a delays() method)")
         self._retry = DEFAULT_RETRY if retry is None else retry
-        self._leases: weakref.WeakKeyDictionary[asyncio.Task[Any], Lease] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Leases by the task that acquired them; an entry goes on release, or when
+        # its task is done and its lease over (pruned at the next acquire).
+        self._leases: dict[asyncio.Task[Any], Lease] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._resource.description!r} ttl={self._policy.ttl}>"
@@ -721,17 +743,21 @@ class LeaseLock:
     def lease(self) -> Lease | None:
         """The lease this object holds for the current task, or ``None``.
 
-        When the current task holds none but the object holds exactly one lease (taken
-        by another task, as with ``asyncio.create_task(lock.acquire())``), that lease:
-        like ``asyncio.Lock``, a lock object with one holder can be released from any
-        task. With several holders, each task sees only its own.
+        When the current task holds none, the object's only lease if its task has
+        finished and it is not held by an ``async with`` (as after
+        ``await asyncio.create_task(lock.acquire())``). To release from another task
+        a lease whose task still runs, hand that task the :class:`Lease` itself.
         """
         task = asyncio.current_task()
         own = None if task is None else self._leases.get(task)
         if own is not None:
             return own
         if len(self._leases) == 1:
-            return next(iter(self._leases.values()))
+            ((acquirer, lease),) = self._leases.items()
+            # Only a lease whose task is done and that no ``async with`` holds: a
+            # task sharing the object must never release a body's lease under it.
+            if acquirer.done() and lease._holder is None:
+                return lease
         return None
 
     @property
@@ -787,6 +813,9 @@ class LeaseLock:
         held = self._leases.get(task)
         if held is not None and held._state is _HELD:
             raise LockError(f"lock {self._resource.description!r} is already held by this task")
+        for acquirer, old in list(self._leases.items()):
+            if old._state is not _HELD and (acquirer is task or acquirer.done()):
+                del self._leases[acquirer]
 
         lease = await self._obtain(blocking, wait_limit)
         if lease is None:
@@ -904,10 +933,12 @@ class LeaseLock:
             return
         lease._exiting = True  # from here on, a loss must not cancel this task
         ours_cancel_only = False
-        if lease._cancelled_holder:
-            # Balance the cancel() the watchdog issued; if no other cancellation is
+        if lease._cancels:
+            # Balance the cancel() calls of the loss; if no other cancellation is
             # pending, the CancelledError is ours to turn into LockLost.
-            ours_cancel_only = task.uncancel() == 0
+            for _ in range(lease._cancels):
+                pending = task.uncancel()
+            ours_cancel_only = pending == 0
         release_error: LockBackendError | None = None
         try:
             await lease._release()

@@ -279,7 +279,9 @@ async def test_a_cancelled_release_still_runs_to_completion(
     # Hold the server for 200 ms so that the release is surely in flight when cancelled.
     blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.2"))
     await asyncio.sleep(0.05)
-    release = asyncio.create_task(lock.release())
+    lease = lock.lease
+    assert lease is not None
+    release = asyncio.create_task(lease.release())  # another task, handed the lease
     await asyncio.sleep(0.02)
     release.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -329,3 +331,64 @@ async def test_an_acquire_that_times_out_mid_command_leaves_nothing(
     assert not await Mutex(client, "x", ttl=30).acquire(timeout=0.1)
     await blocker
     assert await client.exists(owner_key("x")) == 0
+
+
+async def test_a_task_sharing_the_object_cannot_release_a_bodys_lease(
+    client: redis.Redis,
+) -> None:
+    lock = Mutex(client, "x", ttl=5, timeout=0.1)
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def body() -> None:
+        async with lock:
+            entered.set()
+            await leave.wait()
+
+    holder = asyncio.create_task(body())
+    await entered.wait()
+
+    async def other() -> None:
+        assert not await lock.acquire()  # times out: the body holds the name
+        assert not lock.owned
+        with pytest.raises(LockNotOwned):
+            await lock.release()
+
+    await asyncio.create_task(other())
+    assert await client.exists(owner_key("x")) == 1  # still the body's
+    leave.set()
+    await holder
+
+
+async def test_a_lease_taken_by_a_finished_task_is_released_from_another(
+    client: redis.Redis,
+) -> None:
+    lock = Mutex(client, "x", ttl=5)
+    assert await asyncio.create_task(lock.acquire())
+    assert (
+        await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(asyncio.sleep(0))), 1) is None
+    )
+    assert lock.owned
+    await lock.release()
+    assert await client.exists(owner_key("x")) == 0
+
+
+async def test_a_body_looping_on_wait_for_is_still_stopped_on_loss(client: redis.Redis) -> None:
+    # asyncio.wait_for on Python 3.11 can drop a cancellation that lands as its inner
+    # call completes; the loss must reach the body all the same, every time.
+    lost_at: list[float] = []
+    for _ in range(20):
+        lost_at.clear()
+        with pytest.raises(LockLost):
+            lock = Mutex(
+                client,
+                "x",
+                ttl=0.03,
+                auto_extend=False,
+                on_lost=lambda _: lost_at.append(time.monotonic()),
+            )
+            async with lock:
+                give_up = time.monotonic() + 2
+                while time.monotonic() < give_up:
+                    await asyncio.wait_for(asyncio.sleep(0.0002), 1)
+        assert time.monotonic() - lost_at[0] < 0.2
