@@ -57,8 +57,9 @@ OnLost = Callable[[LockLost], Awaitable[None] | None]
 
 # Python 3.11 only: how often, and how many times at most, the cancellation of a body
 # whose lease was lost is repeated (see Lease._cancel_holder).
+_EAGER_REPEATED_CANCELS: Final = 20
 _REPEATED_CANCEL_INTERVAL: Final = 0.005
-_MAX_REPEATED_CANCELS: Final = 200
+_MAX_REPEATED_CANCELS: Final = 220
 
 # The longest a release may take before it is given up (the lease then expires on its
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
@@ -590,8 +591,13 @@ class Lease:
         holder.cancel(msg=f"asynclock: {loss}")
         self._cancels += 1
         if sys.version_info < (3, 12) and self._cancels <= _MAX_REPEATED_CANCELS:
+            # At the next turns of the loop first, whose phase varies; a timer alone
+            # would keep landing in the very phase where wait_for drops it.
             loop = asyncio.get_running_loop()
-            loop.call_later(_REPEATED_CANCEL_INTERVAL, self._cancel_again, holder, loss)
+            if self._cancels <= _EAGER_REPEATED_CANCELS:
+                loop.call_soon(self._cancel_again, holder, loss)
+            else:
+                loop.call_later(_REPEATED_CANCEL_INTERVAL, self._cancel_again, holder, loss)
 
     def _cancel_again(self, holder: asyncio.Task[Any], loss: LockLost) -> None:
         if not self._exiting and not holder.done():
