@@ -38,6 +38,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, TypeVar
 
 import redis
+import redis.asyncio
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import _events
@@ -958,6 +959,8 @@ class LeaseLock:
                 raise release_error
             return
         if isinstance(exc, asyncio.CancelledError):
+            if release_error is not None:
+                _log.warning("%s; the lease expires on its own within its TTL", release_error)
             if ours_cancel_only and loss is not None:
                 raise loss from None
             return
@@ -975,5 +978,10 @@ def _check_client(client: object) -> None:
             "asynclock needs an asyncio client: use redis.asyncio.Redis "
             "(or redis.asyncio.RedisCluster), not the synchronous redis.Redis"
         )
-    if not callable(getattr(client, "evalsha", None)):
-        raise TypeError(f"client must be a redis.asyncio client, not {type(client).__name__}")
+    if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
+        # Other clients (valkey-py, coredis, ...) raise their own exception types, which
+        # asynclock could neither retry nor map to LockBackendError.
+        raise TypeError(
+            "client must be a redis-py asyncio client (redis.asyncio.Redis, or "
+            f"redis.asyncio.RedisCluster), not {type(client).__module__}.{type(client).__name__}"
+        )

@@ -101,9 +101,10 @@ class Mutex(LeaseLock):
     def fencing_token(self) -> int:
         """The fencing token of this object's lease (see ``lease``) for this name.
 
-        Strictly increasing across successive holders of the name (not consecutive:
-        a new counter starts from the server clock in microseconds, so tokens keep
-        increasing even after the server loses its data). Pass it to storage that
+        Strictly increasing across successive holders of the name, and not
+        consecutive: a token is never below the server clock in microseconds, so
+        tokens keep increasing even after a restart or a failover sets the counter
+        back. Pass it to storage that
         rejects writes carrying a token lower than the highest it has seen.
 
         :raises LockNotOwned: the lock is not held through this object

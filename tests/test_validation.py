@@ -116,3 +116,9 @@ async def test_the_server_saw_no_command_from_refused_input(client: aredis.Redis
     stats = await client.info("commandstats")
     assert not any(key.startswith(("cmdstat_eval", "cmdstat_exists")) for key in stats)
     assert await client.dbsize() == 0
+
+
+def test_a_client_of_another_library_is_refused() -> None:
+    valkey = pytest.importorskip("valkey.asyncio")
+    with pytest.raises(TypeError, match="redis-py asyncio client"):
+        Mutex(valkey.Valkey(), "x")
