@@ -20,6 +20,7 @@ from asynclock import (
     set_verbosity,
     subscribe,
 )
+from asynclock._server import RedisServer
 
 from .conftest import owner_key
 
@@ -252,3 +253,27 @@ async def test_verbosity_chooses_what_reaches_the_logger(
     ]
     with pytest.raises(ValueError, match="verbosity"):
         set_verbosity("loud")  # type: ignore[arg-type]
+
+
+async def test_a_stalled_server_gives_extend_failed_then_lost_then_failed(
+    events: list[LockEvent],
+) -> None:
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=0.1)
+        admin = redis.Redis.from_url(server.url)
+
+        @locked("job", client=client, ttl=0.6)
+        async def job() -> None:
+            await admin.client_pause(2000, all=False)  # writes stall: no extension works
+            await asyncio.sleep(5)
+
+        with pytest.raises(LockLost):
+            await job()
+        await admin.client_unpause()
+        await client.aclose()
+        await admin.aclose()
+    sequence = [event.event for event in events if event.event not in ("lock_acquired",)]
+    assert sequence[0] == "task_started"
+    assert sequence[1] == "lock_extend_failed"
+    assert sequence[-3:] == ["lock_lost", "task_failed", "task_finished"]
+    assert set(sequence[1:-3]) == {"lock_extend_failed"}
