@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from asynclock import MultiLock, Mutex, Semaphore
+from asynclock import LockEvent, MultiLock, Mutex, Semaphore, locked, subscribe
 from asynclock._lease import LeaseLock
 from asynclock._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
 
@@ -104,6 +104,30 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
             async with Mutex(client, with_name, ttl=LOCK_TTL, timeout=ACQUIRE_TIMEOUT):
                 pass
 
+    decorated_name, observed_name = f"{tag}:decorated", f"{tag}:observed"
+
+    @locked(decorated_name, client=client, ttl=LOCK_TTL, timeout=ACQUIRE_TIMEOUT)
+    async def decorated_job() -> None:
+        """The job of the decorator benchmark: nothing."""
+
+    async def decorated(n: int) -> None:
+        """``n`` calls of a ``@locked`` coroutine function."""
+        for _ in range(n):
+            await decorated_job()
+
+    async def observed(n: int) -> None:
+        """``n`` ``async with Mutex(...)`` blocks while a subscriber receives events."""
+        received: list[LockEvent] = []
+        unsubscribe = subscribe(received.append)
+        try:
+            for _ in range(n):
+                async with Mutex(client, observed_name, ttl=LOCK_TTL, timeout=ACQUIRE_TIMEOUT):
+                    pass
+        finally:
+            unsubscribe()
+        if len(received) != 2 * n:
+            raise BenchmarkError(f"expected {2 * n} events, the subscriber got {len(received)}")
+
     async def redis_py_lock(n: int) -> None:
         """``n`` acquire+release pairs of redis-py's asyncio Lock, one reused object."""
         for _ in range(n):
@@ -124,6 +148,8 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
         mutex_kind(
             "no-extend", "Mutex auto_extend=False", no_extend_name, acquire_release(no_extend)
         ),
+        mutex_kind("decorated", "@locked coroutine call", decorated_name, decorated),
+        mutex_kind("observed", "async with, 1 event subscriber", observed_name, observed),
         Kind(
             "semaphore",
             "Semaphore(limit=5) acquire+release",
