@@ -1,0 +1,60 @@
+"""A holder frozen (SIGSTOP) past its TTL: another takes the lock, fencing stops the late write."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import Mutex
+
+from .fenced_storage import FencedStorage
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+
+
+async def test_a_frozen_holder_loses_the_lock_and_its_late_write_is_refused(
+    redis_url: str,
+) -> None:
+    ttl = 1.0
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "paused_holder.py"), redis_url, "frozen", str(ttl),
+        stdout=subprocess.PIPE, cwd=HERE,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    try:
+        first = (await asyncio.wait_for(holder.stdout.readline(), 30)).split()
+        assert first[0] == b"held"
+        os.kill(holder.pid, signal.SIGSTOP)  # a GC pause, a frozen VM
+        stopped = time.monotonic()
+        client = redis.Redis.from_url(redis_url)
+        async with Mutex(client, "frozen", ttl=5, timeout=10) as lease:
+            taken_after = time.monotonic() - stopped
+            assert lease.fencing_token > int(first[1])
+            storage = FencedStorage(redis_url, "frozen")
+            assert storage.write("from the new holder", lease.fencing_token)
+            await asyncio.sleep(max(0.0, 2 * ttl - (time.monotonic() - stopped)))
+            os.kill(holder.pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            write = await asyncio.wait_for(holder.stdout.readline(), 10)
+            lost = await asyncio.wait_for(holder.stdout.readline(), 10)
+            lost_after = time.monotonic() - resumed
+            assert write.strip() == b"write rejected"
+            assert storage.value() == b"from the new holder"
+        await client.aclose()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        await asyncio.wait_for(holder.wait(), 10)
+    # Its own deadline had passed: lost on the client's clock, not by asking Redis.
+    assert lost.startswith(b"lost: the lease ran out")
+    assert taken_after < ttl + 0.5  # the frozen holder's lease ran out on the server
+    assert lost_after < 0.5  # the resumed holder learns at once: its deadline had passed
