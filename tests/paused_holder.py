@@ -29,7 +29,7 @@ async def hold(url: str, name: str, ttl: float) -> None:
     try:
         async with Mutex(client, name, ttl=ttl) as lease:
             print(f"held {lease.fencing_token}", flush=True)
-            time.sleep(0.5)  # a synchronous step: the freeze lands in it
+            time.sleep(0.5)  # noqa: ASYNC251  (a synchronous step: the freeze lands in it)
             accepted = storage.write("from the frozen holder", lease.fencing_token)
             print("write accepted" if accepted else "write rejected", flush=True)
             await asyncio.sleep(30)

@@ -1,0 +1,72 @@
+"""Thousands of acquires and releases cancelled at random moments, then a leak count."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import LockNotAcquired, MultiLock, Mutex, Semaphore
+from asynclock import _lease as lease_module
+from asynclock._lease import LeaseLock
+
+pytestmark = pytest.mark.slow
+
+NAMES = [f"storm:{n}" for n in range(4)]
+
+
+def make_lock(client: redis.Redis, rng: random.Random) -> LeaseLock:
+    """A random primitive over random names."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return Mutex(client, rng.choice(NAMES), ttl=30, timeout=2)
+    if kind == 1:
+        return Semaphore(client, rng.choice(NAMES), limit=2, ttl=30, timeout=2)
+    return MultiLock(client, rng.sample(NAMES, 2), ttl=30, timeout=2)
+
+
+async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    rng = random.Random(5)
+    worker_client = make_client()
+    outcomes = {"completed": 0, "cancelled": 0, "timed out": 0}
+
+    async def use(lock: LeaseLock) -> None:
+        async with lock:
+            await asyncio.sleep(rng.uniform(0, 0.002))
+
+    for _ in range(60):  # 60 rounds x 50 tasks = 3000 operations
+        tasks = [asyncio.create_task(use(make_lock(worker_client, rng))) for _ in range(50)]
+        for _ in range(rng.randrange(12)):
+            await asyncio.sleep(0)
+        for task in tasks:
+            if rng.random() < 0.7:
+                task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, asyncio.CancelledError):
+                outcomes["cancelled"] += 1
+            elif result is None:
+                outcomes["completed"] += 1
+            else:
+                assert isinstance(result, LockNotAcquired), result
+                outcomes["timed out"] += 1
+    assert outcomes["cancelled"] > 1000, outcomes
+    assert outcomes["completed"] > 100, outcomes
+    # Clean-ups that a timed-out wait left to the background finish promptly.
+    for _ in range(100):
+        if not lease_module._background:
+            break
+        await asyncio.sleep(0.01)
+    assert not lease_module._background
+    # Nothing held: no owner key (tombstones aside), no semaphore holder.
+    owners = [key for key in await client.keys("asynclock:lock:*") if b":released:" not in key]
+    assert owners == []
+    assert await client.keys("asynclock:semaphore:*:holders") == []
+    # Nothing running: no task but this one; no connection left in use.
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    pool = worker_client.connection_pool
+    assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
