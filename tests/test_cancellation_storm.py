@@ -22,10 +22,10 @@ def make_lock(client: redis.Redis, rng: random.Random) -> LeaseLock:
     """A random primitive over random names."""
     kind = rng.randrange(3)
     if kind == 0:
-        return Mutex(client, rng.choice(NAMES), ttl=30, timeout=2)
+        return Mutex(client, rng.choice(NAMES), ttl=30, timeout=0.5)
     if kind == 1:
-        return Semaphore(client, rng.choice(NAMES), limit=2, ttl=30, timeout=2)
-    return MultiLock(client, rng.sample(NAMES, 2), ttl=30, timeout=2)
+        return Semaphore(client, rng.choice(NAMES), limit=2, ttl=30, timeout=0.5)
+    return MultiLock(client, rng.sample(NAMES, 2), ttl=30, timeout=0.5)
 
 
 async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
