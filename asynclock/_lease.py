@@ -44,7 +44,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
 from ._retry import DEFAULT_RETRY, NoRetry, RetryStrategy
-from ._validate import MIN_TTL, check_optional_seconds, check_seconds
+from ._validate import MAX_KEEP, MIN_TTL, check_optional_seconds, check_seconds
 
 _log = logging.getLogger("asynclock")
 _T = TypeVar("_T")
@@ -188,7 +188,7 @@ class LeasePolicy:
         hold_at_least: object = None,
     ) -> LeasePolicy:
         """Validate the arguments and return the policy they describe."""
-        checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL)
+        checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL, maximum=MAX_KEEP)
         if extend_interval is None:
             interval = checked_ttl / 3
         else:
@@ -206,7 +206,9 @@ class LeasePolicy:
         if on_lost is not None and not callable(on_lost):
             raise TypeError("on_lost must be a callable taking the LockLost error")
         checked_max_hold = check_optional_seconds(max_hold, "max_hold")
-        least = check_optional_seconds(hold_at_least, "hold_at_least")
+        least = None
+        if hold_at_least is not None:
+            least = check_seconds(hold_at_least, "hold_at_least", maximum=MAX_KEEP)
         if least is not None and checked_max_hold is not None and least > checked_max_hold:
             raise ValueError(
                 f"hold_at_least ({least} s) must not exceed max_hold ({checked_max_hold} s)"

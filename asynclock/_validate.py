@@ -8,6 +8,10 @@ from collections.abc import Sequence
 #: The shortest lease accepted. Below this the drift allowance eats the whole lease.
 MIN_TTL = 0.01
 
+#: The longest time asynclock will ask Redis to keep a key: one year. Far past any
+#: real lease (auto-extend keeps long jobs), and far from what Redis refuses.
+MAX_KEEP = 365 * 24 * 3600.0
+
 
 def check_name(name: object) -> str:
     """Return ``name`` if it is a non-empty ``str``; raise ``TypeError``/``ValueError``."""
@@ -31,7 +35,9 @@ def check_names(names: object) -> tuple[str, ...]:
     return checked
 
 
-def check_seconds(value: object, what: str, *, minimum: float = 0.0) -> float:
+def check_seconds(
+    value: object, what: str, *, minimum: float = 0.0, maximum: float = math.inf
+) -> float:
     """Return ``value`` as a float if it is a finite number of seconds above ``minimum``.
 
     ``bool`` is refused although it is an ``int``: ``ttl=True`` is a mistake, not 1 s.
@@ -45,6 +51,8 @@ def check_seconds(value: object, what: str, *, minimum: float = 0.0) -> float:
         raise ValueError(f"{what} must be positive, not {value!r}")
     if seconds < minimum:
         raise ValueError(f"{what} must be at least {minimum} s, not {value!r}")
+    if seconds > maximum:
+        raise ValueError(f"{what} must be at most {maximum:g} s, not {value!r}")
     return seconds
 
 

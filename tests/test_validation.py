@@ -23,6 +23,8 @@ BAD_MUTEX_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"ttl": math.inf}, ValueError),
     ({"ttl": math.nan}, ValueError),
     ({"ttl": 0.005}, ValueError),
+    ({"ttl": 1e300}, ValueError),  # more than Redis would keep a key
+    ({"hold_at_least": 1e12}, ValueError),
     ({"ttl": "30"}, TypeError),
     ({"ttl": None}, TypeError),
     ({"ttl": True}, TypeError),

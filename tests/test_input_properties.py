@@ -1,0 +1,82 @@
+"""Property-based: any input is either accepted and works, or refused before any command.
+
+Each example runs against the real server; the server's command statistics show
+whether anything reached it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asynclock import MultiLock, Mutex, Semaphore
+from asynclock._lease import LeaseLock
+
+SETTINGS = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+junk = st.one_of(
+    st.none(), st.booleans(), st.binary(max_size=4), st.lists(st.integers(), max_size=2)
+)
+names = st.one_of(st.text(max_size=12), st.integers(), junk)
+seconds = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-3, max_value=100),
+    st.floats(min_value=0.01, max_value=60),
+    st.text(max_size=3),
+    junk,
+)
+counts = st.one_of(st.integers(min_value=-2, max_value=6), st.floats(), st.text(max_size=2), junk)
+name_lists = st.one_of(
+    st.lists(st.text(max_size=4), max_size=4),
+    st.lists(names, max_size=3),
+    st.text(max_size=4),
+    junk,
+)
+
+
+async def commands_seen(client: redis.Redis) -> int:
+    """Commands the server has run, not counting the INFO calls of this check."""
+    stats = await client.info("commandstats")
+    return sum(int(value["calls"]) for key, value in stats.items() if key != "cmdstat_info")
+
+
+async def accepted_or_refused(client: redis.Redis, build: Any, timeout: Any) -> None:
+    """Build a lock and acquire it; refused input must not reach the server."""
+    before = await commands_seen(client)
+    try:
+        lock: LeaseLock = build()
+        acquired = await lock.acquire(timeout=timeout)
+    except (TypeError, ValueError):
+        assert await commands_seen(client) == before  # nothing was sent
+        return
+    assert acquired
+    assert lock.owned
+    await lock.release()
+    assert not await lock.locked()
+
+
+@SETTINGS
+@given(name=names, ttl=seconds, timeout=seconds)
+async def test_mutex_input(client: redis.Redis, name: Any, ttl: Any, timeout: Any) -> None:
+    await accepted_or_refused(client, lambda: Mutex(client, name, ttl=ttl), timeout)
+
+
+@SETTINGS
+@given(name=names, limit=counts, permits=counts, ttl=seconds)
+async def test_semaphore_input(
+    client: redis.Redis, name: Any, limit: Any, permits: Any, ttl: Any
+) -> None:
+    build = lambda: Semaphore(client, name, limit=limit, permits=permits, ttl=ttl)  # noqa: E731
+    await accepted_or_refused(client, build, None)
+
+
+@SETTINGS
+@given(names_given=name_lists, ttl=seconds)
+async def test_multilock_input(client: redis.Redis, names_given: Any, ttl: Any) -> None:
+    build = lambda: MultiLock(client, names_given, ttl=ttl)  # noqa: E731
+    await accepted_or_refused(client, build, None)
