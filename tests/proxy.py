@@ -3,13 +3,16 @@
 It runs its own event loop in a thread, so that the faults it injects do not depend
 on the test's loop. Modes: ``heal()`` (forward), ``delay(seconds)`` (add latency to
 every chunk, each way), ``cut()`` (reset every open connection; new ones work),
-``blackhole()`` (accept connections, forward nothing, answer nothing).
+``blackhole()`` (accept connections, forward nothing, answer nothing). Given an SSL
+context it terminates TLS, so that clients can test ``rediss://`` against a server
+built without TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import threading
 from types import TracebackType
 
@@ -19,8 +22,9 @@ from asynclock._server import free_port
 class FaultProxy:
     """Forward 127.0.0.1:``port`` to 127.0.0.1:``target``, with faults on demand."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, tls: ssl.SSLContext | None = None) -> None:
         self.target = target
+        self._tls = tls
         self.port = free_port()
         self._latency = 0.0
         self._blackholed = False
@@ -32,13 +36,14 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        """The ``redis://`` URL that goes through the proxy."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL that goes through the proxy (``rediss://`` with TLS)."""
+        scheme = "redis" if self._tls is None else "rediss"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", self.port)
+            asyncio.start_server(self._serve, "127.0.0.1", self.port, ssl=self._tls)
         )
         self._ready.set()
         self._loop.run_forever()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -11,6 +13,7 @@ import redis.asyncio as redis
 from asynclock import LockBackendError, LockNotOwned, Mutex, Semaphore
 
 from .conftest import owner_key
+from .proxy import FaultProxy
 
 #: The minimal ACL rules of a user of asynclock, as documented in README.md.
 ACL_RULES = (
@@ -78,3 +81,22 @@ async def test_a_least_privilege_acl_user_can_use_locks(
             await Mutex(user, "x", prefix="other:").acquire()
     finally:
         await client.execute_command("ACL", "DELUSER", "locker")
+
+
+async def test_locks_work_over_tls(redis_url: str, tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_side)
+    ca_file = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    with FaultProxy(port, tls=server_side) as proxy:
+        assert proxy.url.startswith("rediss://")
+        client = redis.Redis.from_url(proxy.url, ssl_ca_certs=str(ca_file))
+        async with Mutex(client, "tls", ttl=0.3) as lease:
+            await asyncio.sleep(0.4)  # extensions over TLS too
+        assert lease.extensions >= 1
+        assert not await Mutex(client, "tls").locked()
+        await client.aclose()
