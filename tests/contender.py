@@ -2,10 +2,11 @@
 
 Usage: python contender.py URL NAME COROUTINES SECTIONS OUT_PATH [LIMIT]
 
-Each coroutine enters ``Mutex(NAME)`` (or ``Semaphore(NAME, limit=LIMIT)``) SECTIONS
+Each coroutine enters ``Mutex(NAME)`` (or ``Semaphore(NAME, limit=LIMIT)``, or with
+``NAME`` = ``a,b,c,...`` a ``MultiLock`` over two of those names at random) SECTIONS
 times and records, per section, the start and end on ``time.monotonic()`` (one clock
-for every process on the machine) and the fencing token; the records go to OUT_PATH
-as JSON lines.
+for every process on the machine) and the fencing tokens by name; the records go to
+OUT_PATH as JSON lines.
 """
 
 from __future__ import annotations
@@ -15,32 +16,42 @@ import json
 import random
 import sys
 import time
+from typing import Any
 
 import redis.asyncio as redis
 
-from asynclock import Mutex, Semaphore
+from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._lease import LeaseLock
 
 
 async def contend(
     url: str, name: str, coroutines: int, sections: int, limit: int | None
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Run the coroutines and return their records."""
     client = redis.Redis.from_url(url)
-    records: list[dict[str, float]] = []
+    records: list[dict[str, Any]] = []
 
     async def one() -> None:
         for _ in range(sections):
-            lock: LeaseLock = (
-                Mutex(client, name, ttl=5, timeout=60)
-                if limit is None
-                else Semaphore(client, name, limit=limit, ttl=5, timeout=60)
-            )
+            lock: LeaseLock
+            if "," in name:
+                lock = MultiLock(client, random.sample(name.split(","), 2), ttl=5, timeout=60)
+            elif limit is None:
+                lock = Mutex(client, name, ttl=5, timeout=60)
+            else:
+                lock = Semaphore(client, name, limit=limit, ttl=5, timeout=60)
             async with lock as lease:
                 start = time.monotonic()
                 await asyncio.sleep(random.uniform(0, 0.002))
                 end = time.monotonic()
-            records.append({"start": start, "end": end, "fence": lease.fencing_token})
+            records.append(
+                {
+                    "start": start,
+                    "end": end,
+                    "fence": lease.fencing_token,
+                    "fences": lease.fencing_tokens,
+                }
+            )
 
     await asyncio.gather(*(one() for _ in range(coroutines)))
     await client.aclose()

@@ -75,6 +75,20 @@ def test_processes_never_overlap_and_fencing_tokens_increase(
     assert len(set(fences)) == len(fences)
 
 
+def test_multilocks_across_processes_never_overlap_on_any_name(
+    redis_url: str, tmp_path: Path
+) -> None:
+    names = ["m1", "m2", "m3", "m4"]
+    records = run_contenders(redis_url, tmp_path, ",".join(names), [6, 10])
+    assert len(records) == 3 * 6 * 10
+    for name in names:
+        holding = [record for record in records if name in record["fences"]]
+        assert holding, name
+        assert overlaps(holding) == []
+        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
+        assert fences == sorted(set(fences))  # strictly increasing in order of acquisition
+
+
 def test_a_semaphore_never_has_more_holders_than_its_limit(redis_url: str, tmp_path: Path) -> None:
     records = run_contenders(redis_url, tmp_path, "sem", [10, 8, 3])
     assert len(records) == 3 * 10 * 8
