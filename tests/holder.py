@@ -1,6 +1,8 @@
 """A worker process that takes a lock, says so on stdout, and then hangs until killed.
 
-Usage: python holder.py URL NAME TTL [LIMIT]   (with LIMIT: one permit of a Semaphore)
+Usage: python holder.py URL NAME TTL [LIMIT]
+
+With LIMIT: one permit of a Semaphore; with NAME = ``a,b``: a MultiLock.
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ import sys
 
 import redis.asyncio as redis
 
-from asynclock import Mutex, Semaphore
+from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._lease import LeaseLock
 
 
 async def hold(url: str, name: str, ttl: float, limit: int | None) -> None:
     """Hold the lock (extending it) until the process is killed."""
     client = redis.Redis.from_url(url)
-    lock: LeaseLock = (
-        Mutex(client, name, ttl=ttl)
-        if limit is None
-        else Semaphore(client, name, limit=limit, ttl=ttl)
-    )
+    lock: LeaseLock
+    if "," in name:
+        lock = MultiLock(client, name.split(","), ttl=ttl)
+    elif limit is None:
+        lock = Mutex(client, name, ttl=ttl)
+    else:
+        lock = Semaphore(client, name, limit=limit, ttl=ttl)
     async with lock:
         print("held", flush=True)
         await asyncio.sleep(3600)

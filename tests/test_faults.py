@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis.asyncio as redis
@@ -12,7 +12,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from asynclock import LockBackendError, LockLost, Mutex
+from asynclock import LockBackendError, LockLost, MultiLock, Mutex, Semaphore
+from asynclock._lease import LeaseLock
 from asynclock._server import RedisServer, free_port
 
 from .conftest import owner_key
@@ -56,14 +57,22 @@ async def test_extensions_are_retried_through_a_short_stall(own_server: RedisSer
     await admin.aclose()
 
 
+PRIMITIVES: dict[str, Callable[[redis.Redis, float], LeaseLock]] = {
+    "mutex": lambda client, ttl: Mutex(client, "x", ttl=ttl),
+    "semaphore": lambda client, ttl: Semaphore(client, "x", limit=2, ttl=ttl),
+    "multilock": lambda client, ttl: MultiLock(client, ["x", "y"], ttl=ttl),
+}
+
+
+@pytest.mark.parametrize("primitive", PRIMITIVES)
 async def test_a_stall_longer_than_the_ttl_loses_the_lock_on_the_clients_deadline(
-    own_server: RedisServer,
+    own_server: RedisServer, primitive: str
 ) -> None:
     client = redis.Redis.from_url(own_server.url, socket_timeout=0.1)
     admin = redis.Redis.from_url(own_server.url)
     ttl = 0.6
     with pytest.raises(LockLost, match="ran out"):
-        async with Mutex(client, "x", ttl=ttl) as lease:
+        async with PRIMITIVES[primitive](client, ttl) as lease:
             await admin.client_pause(3000, all=False)
             await asyncio.sleep(5)
     # Lost at the deadline measured from the last good extension, within the TTL.
@@ -73,19 +82,23 @@ async def test_a_stall_longer_than_the_ttl_loses_the_lock_on_the_clients_deadlin
     await admin.aclose()
 
 
+@pytest.mark.parametrize("primitive", PRIMITIVES)
 async def test_a_server_restart_loses_the_lock_and_the_client_recovers(
-    own_server: RedisServer,
+    own_server: RedisServer, primitive: str
 ) -> None:
     client = redis.Redis.from_url(own_server.url)
     ttl = 0.9
     with pytest.raises(LockLost):
-        async with Mutex(client, "x", ttl=ttl):
+        async with PRIMITIVES[primitive](client, ttl):
             own_server.restart()  # killed and started empty on the same port
             restarted = time.monotonic()
             await asyncio.sleep(5)
     detection = time.monotonic() - restarted
     assert detection < ttl
     # The client reconnects: the lock works again.
-    async with Mutex(client, "x", ttl=ttl) as lease:
-        assert await client.get(owner_key("x")) == lease.token.encode()
+    lock = PRIMITIVES[primitive](client, ttl)
+    async with lock:
+        assert await lock.locked() == (primitive != "semaphore")
+        assert lock.owned
+    assert not await lock.locked()
     await client.aclose()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from asynclock import Mutex, Semaphore
+from asynclock import MultiLock, Mutex, Semaphore
 
 HERE = Path(__file__).parent
 
@@ -142,5 +142,18 @@ async def test_a_killed_semaphore_holders_permit_returns_after_its_ttl(redis_url
         assert survivor.owned
         assert await survivor.holders() == 2
     await survivor.release()
+    await client.aclose()
+    assert ttl * 0.5 < waited < ttl + 0.5
+
+
+async def test_a_killed_multilock_holders_names_are_taken_after_its_ttl(redis_url: str) -> None:
+    ttl = 1.0
+    holder = await start_holder(redis_url, "k1,k2", ttl)
+    killed = await kill(holder)
+    client = redis.Redis.from_url(redis_url)
+    async with Mutex(client, "k2", ttl=5, timeout=10):
+        waited = time.monotonic() - killed
+    async with MultiLock(client, ["k1", "k2"], ttl=5, blocking=False):
+        pass
     await client.aclose()
     assert ttl * 0.5 < waited < ttl + 0.5
