@@ -25,6 +25,7 @@ Redlock) covers the two clocks running at slightly different rates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -43,6 +44,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
+from ._notify import notifier_for
 from ._retry import DEFAULT_RETRY, NoRetry, RetryStrategy
 from ._validate import MAX_KEEP, MIN_TTL, check_optional_seconds, check_seconds
 
@@ -61,6 +63,10 @@ OnLost = Callable[[LockLost], Awaitable[None] | None]
 _EAGER_REPEATED_CANCELS: Final = 20
 _REPEATED_CANCEL_INTERVAL: Final = 0.005
 _MAX_REPEATED_CANCELS: Final = 220
+
+# With notifications, how often a waiter re-checks at least (a lost message, or a
+# holder that crashed without a release), unless the holder's lease runs out sooner.
+_NOTIFIED_RECHECK: Final = 0.25
 
 # The longest a release may take before it is given up (the lease then expires on its
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
@@ -138,6 +144,11 @@ class Resource(Protocol):
     @property
     def key(self) -> str:
         """The lock's main Redis key, for events."""
+        ...
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The pub/sub channels its releases are published on."""
         ...
 
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
@@ -836,7 +847,15 @@ class LeaseLock:
         return True
 
     async def _obtain(self, blocking: bool, wait_limit: float | None) -> Lease | None:
-        """Try, wait and retry until the lease is ours, or give up (``None``)."""
+        """Try, wait and retry until the lease is ours, or give up (``None``).
+
+        The first try is one script call. After a failed one, a blocking acquire
+        subscribes to the lock's release notifications (confirmed by the server)
+        and only then tries again, so a release in between is never missed; it then
+        waits for a notification, re-checking at least every fallback interval and
+        when the holder's lease runs out. Waiters of one name in one process queue
+        behind each other, so that one of them at a time contends with Redis.
+        """
         resource, client, policy = self._resource, self._client, self._policy
         token = secrets.token_hex(16)
         delays = self._retry.delays() if blocking else NoRetry().delays()
@@ -844,37 +863,60 @@ class LeaseLock:
         give_up_at = None if wait_limit is None else loop.time() + wait_limit
         in_flight = False
         wait_scope = asyncio.timeout_at(give_up_at)
+        notifier = notifier_for(client) if blocking else None
+
+        async def attempt() -> tuple[Lease | None, Grant]:
+            nonlocal token, in_flight
+            sent = time.monotonic()
+            in_flight = True
+            grant = await resource.acquire(client, token, policy.ttl_ms)
+            in_flight = False
+            if not grant.acquired:
+                return None, grant
+            if time.monotonic() < lease_deadline(sent, policy.ttl):
+                lease = Lease(
+                    resource, client, policy, token, grant.fencing_tokens, sent, time.monotonic()
+                )
+                return lease, grant
+            # The reply came too late (a stalled loop, a slow network): the lease may
+            # already belong to someone else. Give it back, and try with a new token.
+            in_flight = True
+            await _release_by_token(resource, client, token, self._abandon_timeout())
+            in_flight = False
+            token = secrets.token_hex(16)
+            return None, Grant(False, ())
+
         try:
-            async with wait_scope:
+            async with wait_scope, contextlib.AsyncExitStack() as stack:
+                waiting = None
+                if notifier is not None:
+                    # One coroutine of this process at a time talks to Redis for this
+                    # lock; the others wait their turn here, in order of arrival.
+                    waiting = await stack.enter_async_context(notifier.queue(resource.channels))
+                lease, grant = await attempt()
+                if lease is not None:
+                    return lease
+                if next(delays, None) is None:
+                    return None
+                if waiting is not None:
+                    await waiting.watch()  # subscribed (confirmed) before the re-check
                 while True:
-                    sent = time.monotonic()
-                    in_flight = True
-                    grant = await resource.acquire(client, token, policy.ttl_ms)
-                    in_flight = False
-                    if grant.acquired:
-                        if time.monotonic() < lease_deadline(sent, policy.ttl):
-                            return Lease(
-                                resource,
-                                client,
-                                policy,
-                                token,
-                                grant.fencing_tokens,
-                                sent,
-                                time.monotonic(),
-                            )
-                        # The reply came too late (a stalled loop, a slow network): the
-                        # lease may already belong to someone else. Give it back, retry.
-                        in_flight = True
-                        await _release_by_token(resource, client, token, self._abandon_timeout())
-                        in_flight = False
-                        token = secrets.token_hex(16)
-                        grant = Grant(False, ())
+                    if waiting is not None:
+                        waiting.event.clear()
+                    lease, grant = await attempt()
+                    if lease is not None:
+                        return lease
                     delay = next(delays, None)
                     if delay is None:
                         return None
+                    if waiting is not None:
+                        delay = max(delay, _NOTIFIED_RECHECK)
                     if grant.retry_after is not None:
                         delay = min(delay, grant.retry_after)
-                    await asyncio.sleep(delay)
+                    if waiting is None:
+                        await asyncio.sleep(delay)
+                    else:
+                        await waiting.wait(delay)
         except TimeoutError as exc:
             if not wait_scope.expired():  # a socket timeout, not the end of our wait
                 await self._abandon(token)

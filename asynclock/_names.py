@@ -97,6 +97,11 @@ class NamedLocks:
         """The owner key of the first name."""
         return self.owner_keys[0]
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Where releases are published: one channel per name, named like its key."""
+        return self.owner_keys
+
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
         """Take every name for ``token`` at once, or report how long the holder has."""
         reply = await _scripts.ACQUIRE(client, self.acquire_keys, (token, ttl_ms))

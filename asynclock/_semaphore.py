@@ -83,6 +83,11 @@ class SemaphorePermits:
         """The sorted set of holders."""
         return self.keys[0]
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Where releases are published: named like the sorted set of holders."""
+        return (self.keys[0],)
+
     async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
         """Take the permits for ``token`` if enough are free."""
         reply = await _ACQUIRE(client, self.keys, (token, ttl_ms, self.limit, self.permits))

@@ -66,7 +66,12 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     owners = [key for key in await client.keys("asynclock:lock:*") if b":released:" not in key]
     assert owners == []
     assert await client.keys("asynclock:semaphore:*:holders") == []
-    # Nothing running: no task but this one; no connection left in use.
+    # Nothing running: no task but this one (the notification reader stops once
+    # nobody waits); no connection left in use.
+    for _ in range(100):
+        if asyncio.all_tasks() == {asyncio.current_task()}:
+            break
+        await asyncio.sleep(0.01)
     assert asyncio.all_tasks() == {asyncio.current_task()}
     pool = worker_client.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]

@@ -17,8 +17,8 @@ from .proxy import FaultProxy
 
 #: The minimal ACL rules of a user of asynclock, as documented in README.md.
 ACL_RULES = (
-    "resetkeys", "~asynclock:*", "resetchannels", "-@all",
-    "+evalsha", "+eval", "+exists",
+    "resetkeys", "~asynclock:*", "resetchannels", "&asynclock:*", "-@all",
+    "+evalsha", "+eval", "+exists", "+publish", "+subscribe", "+unsubscribe",
     "+get", "+set", "+pttl", "+pexpire", "+incr", "+del", "+time",
 )  # fmt: skip
 #: What a Semaphore needs on top, as documented in README.md.

@@ -20,6 +20,8 @@ for i = 1, #KEYS do
   local tombstone = KEYS[i] .. ':released:' .. token
   if redis.call('GET', KEYS[i]) == token then
     redis.call('DEL', KEYS[i])
+    -- Wake the waiters of this name (the channel is named like the key).
+    redis.call('PUBLISH', KEYS[i], '')
     released = released + 1
   elseif redis.call('EXISTS', tombstone) == 1 then
     released = released + 1

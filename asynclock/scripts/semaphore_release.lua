@@ -21,6 +21,9 @@ local released = 0
 if (expiry and tonumber(expiry) > now) or redis.call('EXISTS', tombstone) == 1 then
   released = 1
 end
+if expiry then
+  redis.call('PUBLISH', holders, '')  -- a permit came back: wake the waiters
+end
 -- Left even when there was nothing to release: an acquire with this token that
 -- reaches the server later (reordered behind its own clean-up) is then refused.
 redis.call('SET', tombstone, 1, 'PX', ARGV[2])

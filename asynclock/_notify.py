@@ -1,0 +1,192 @@
+"""Wake-up by notification: a release publishes, waiters of that name wake at once.
+
+One :class:`Notifier` per client multiplexes every name and every waiting coroutine
+of the process onto one pub/sub connection. Coroutines of one process that want the
+same lock queue locally (FIFO), so that one of them at a time talks to Redis; while
+the queue is not empty its lock's channels stay subscribed, and when it empties they
+are unsubscribed. The head of the queue subscribes, and waits for the server's
+confirmation, *before* it tries the lock again, so a release between its failed try
+and its subscription is never missed. Messages are at most once (a reconnect loses
+some): the head keeps a bounded fallback re-check, so a lost message costs latency,
+never a hang.
+
+Clients without a usable pub/sub (Redis Cluster clients, whose pub/sub needs a node
+per channel) poll instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+_log = logging.getLogger("asynclock")
+
+# The longest the head of a queue waits for the server to confirm its subscription.
+_CONFIRM_TIMEOUT = 1.0
+
+
+class Waiting:
+    """A process's local queue for one lock: a FIFO lock, and a wake-up event."""
+
+    def __init__(self, notifier: Notifier, channels: tuple[str, ...]) -> None:
+        self.notifier = notifier
+        self.channels = channels
+        self.fifo = asyncio.Lock()
+        self.users = 0
+        self.event = asyncio.Event()
+        self.watching = False
+
+    async def watch(self) -> None:
+        """Subscribe to the lock's channels, once per queue, confirmed by the server."""
+        if not self.watching:
+            self.watching = True
+            await self.notifier._watch(self.channels, self.event)
+
+    async def wait(self, timeout: float) -> None:
+        """Wait for a release notification, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.event.wait()
+
+
+class Notifier:
+    """The pub/sub subscriber of one client, shared by every waiter in the process."""
+
+    def __init__(self, client: Any) -> None:
+        self._pubsub = client.pubsub()
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._queues: dict[tuple[str, ...], Waiting] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._commands = asyncio.Lock()  # SUBSCRIBE/UNSUBSCRIBE, one at a time
+
+    @contextlib.asynccontextmanager
+    async def queue(self, channels: tuple[str, ...]) -> AsyncIterator[Waiting]:
+        """Take a place in this process's queue for the lock, and wait for the head."""
+        waiting = self._queues.get(channels)
+        if waiting is None:
+            waiting = self._queues[channels] = Waiting(self, channels)
+        waiting.users += 1
+        try:
+            async with waiting.fifo:
+                yield waiting
+        finally:
+            waiting.users -= 1
+            if waiting.users == 0:
+                del self._queues[channels]
+                if waiting.watching:
+                    await asyncio.shield(self._unwatch(channels, waiting.event))
+
+    async def _watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        new = []
+        for channel in channels:
+            events = self._events.setdefault(channel, set())
+            if not events:
+                new.append(channel)
+            events.add(event)
+        if not new:
+            return
+        loop = asyncio.get_running_loop()
+        confirmations = []
+        for channel in new:
+            confirmation = self._confirmations[channel] = loop.create_future()
+            confirmations.append(confirmation)
+        try:
+            async with self._commands:
+                await self._pubsub.subscribe(*new)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.ensure_future(self._read())
+            # Bounded: without a confirmation the head still re-checks by polling.
+            await asyncio.wait(confirmations, timeout=_CONFIRM_TIMEOUT)
+        except (RedisError, OSError) as exc:
+            _log.debug("subscribing to %s failed: %r", new, exc)
+        finally:
+            for channel, confirmation in zip(new, confirmations, strict=True):
+                if self._confirmations.get(channel) is confirmation:
+                    del self._confirmations[channel]
+
+    async def _unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        gone = []
+        for channel in channels:
+            events = self._events.get(channel)
+            if events is None:
+                continue
+            events.discard(event)
+            if not events:
+                del self._events[channel]
+                gone.append(channel)
+        if not gone:
+            return
+        try:
+            async with self._commands:
+                await self._pubsub.unsubscribe(*gone)
+        except (RedisError, OSError) as exc:
+            _log.debug("unsubscribing from %s failed: %r", gone, exc)
+
+    def _wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
+        for confirmation in self._confirmations.values():
+            if not confirmation.done():
+                confirmation.set_result(None)
+
+    async def _read(self) -> None:
+        """Deliver messages to the waiting heads until nothing is subscribed."""
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                # The connection broke; redis-py resubscribes when it reconnects. Wake
+                # everyone, so that they re-check instead of waiting for a lost message.
+                _log.debug("the notification connection failed: %r", exc)
+                self._wake_all()
+                if await self._close_if_idle():
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            if message is None:
+                if not self._events and await self._close_if_idle():
+                    return
+                continue
+            kind, channel = _text(message["type"]), _text(message["channel"])
+            if kind == "message":
+                for event in self._events.get(channel, ()):
+                    event.set()
+            elif kind == "subscribe":
+                confirmation = self._confirmations.get(channel)
+                if confirmation is not None and not confirmation.done():
+                    confirmation.set_result(None)
+            elif kind == "unsubscribe" and message["data"] == 0 and await self._close_if_idle():
+                return  # nothing subscribed any more; the next watch starts a reader
+
+    async def _close_if_idle(self) -> bool:
+        """Give the connection back to the pool if nobody waits; say whether it did."""
+        async with self._commands:
+            if self._events:
+                return False
+            await self._pubsub.aclose()  # reconnects by itself at the next SUBSCRIBE
+            return True
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_notifiers: weakref.WeakKeyDictionary[Any, Notifier] = weakref.WeakKeyDictionary()
+
+
+def notifier_for(client: Any) -> Notifier | None:
+    """The client's notifier, made on first use; ``None`` if it has no usable pub/sub."""
+    if hasattr(client, "get_node_from_key"):  # a cluster client
+        return None
+    notifier = _notifiers.get(client)
+    if notifier is None:
+        notifier = _notifiers[client] = Notifier(client)
+    return notifier
