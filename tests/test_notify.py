@@ -50,6 +50,7 @@ async def test_one_connection_serves_every_waiter_and_channels_are_dropped(
     holders = [Mutex(client, name, ttl=30) for name in names]
     for holder in holders:
         await holder.acquire()
+
     async def waiter(name: str) -> None:
         async with Mutex(client, name, ttl=30, retry=SLOW_POLL):
             pass  # and hand over to the next
