@@ -893,8 +893,15 @@ class LeaseLock:
                     # One coroutine of this process at a time talks to Redis for this
                     # lock; the others wait their turn here, in order of arrival.
                     waiting = await stack.enter_async_context(notifier.queue(resource.channels))
+                if waiting is not None and waiting.handed_over and waiting.watching:
+                    # The previous waiter of this process holds the lock: wait for its
+                    # release (published while we were subscribed) before trying.
+                    waiting.handed_over = False
+                    await waiting.wait(_NOTIFIED_RECHECK)
                 lease, grant = await attempt()
                 if lease is not None:
+                    if waiting is not None:
+                        waiting.handed_over = True
                     return lease
                 if next(delays, None) is None:
                     return None
@@ -905,6 +912,8 @@ class LeaseLock:
                         waiting.event.clear()
                     lease, grant = await attempt()
                     if lease is not None:
+                        if waiting is not None:
+                            waiting.handed_over = True
                         return lease
                     delay = next(delays, None)
                     if delay is None:

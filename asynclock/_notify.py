@@ -41,6 +41,9 @@ class Waiting:
         self.users = 0
         self.event = asyncio.Event()
         self.watching = False
+        # Set when a coroutine of this queue has just taken the lock: the next one
+        # then knows it is held, and waits for its release without a useless try.
+        self.handed_over = False
 
     async def watch(self) -> None:
         """Subscribe to the lock's channels, once per queue, confirmed by the server."""

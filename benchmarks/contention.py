@@ -8,14 +8,18 @@ releasing coroutine take it straight back), commands the server ran per section
 (from ``INFO commandstats``: this counts the commands inside Lua scripts too, so a
 script-based lock shows more than its round trips), and overlaps, which must be 0.
 
-Implementations: asynclock's ``Mutex`` (notification wake-up), and redis-py's
-``redis.asyncio.lock.Lock`` with its default 0.1 s poll and with a tuned 5 ms poll.
+Implementations: asynclock's ``Mutex`` (notification wake-up); redis-py's
+``redis.asyncio.lock.Lock`` with its default 0.1 s poll and with a tuned 5 ms poll;
+pottery's ``AIORedlock`` with its defaults; python-redis-lock, which is synchronous,
+run in one thread per worker (it wakes waiters with BLPOP). The last two are optional
+(``pip install '.[bench]'``); one that is missing, fails or hangs is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import itertools
 import statistics
 import sys
@@ -88,10 +92,50 @@ def redis_py_lock(sleep: float) -> Maker:
     return make
 
 
+def pottery_aioredlock(client: aioredis.Redis, name: str, worker: int) -> Acquire:
+    """pottery's ``AIORedlock`` on one master, with its defaults."""
+    from pottery import AIORedlock  # an optional peer: pip install '.[bench]'
+
+    lock = AIORedlock(key=name, masters={client}, auto_release_time=30)
+
+    async def acquire() -> Callable[[], Awaitable[None]]:
+        await lock.acquire()
+        return lock.release
+
+    return acquire
+
+
+_threads: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def python_redis_lock(client: aioredis.Redis, name: str, worker: int) -> Acquire:
+    """python-redis-lock (synchronous, waking by BLPOP), in a thread per worker."""
+    import redis as sync_redis
+    import redis_lock  # type: ignore[import-untyped]  # optional: pip install '.[bench]'
+
+    kwargs = client.connection_pool.connection_kwargs
+    sync_client = sync_redis.Redis(host=kwargs["host"], port=kwargs["port"])
+    lock = redis_lock.Lock(sync_client, name, expire=30)
+    thread = _threads.setdefault(worker, concurrent.futures.ThreadPoolExecutor(1))
+
+    async def acquire() -> Callable[[], Awaitable[None]]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(thread, lock.acquire)
+
+        async def release() -> None:
+            await loop.run_in_executor(thread, lock.release)
+
+        return release
+
+    return acquire
+
+
 IMPLEMENTATIONS: dict[str, Maker] = {
     "asynclock Mutex": asynclock_mutex,
     "redis-py Lock (sleep 0.1)": redis_py_lock(0.1),
     "redis-py Lock (sleep 0.005)": redis_py_lock(0.005),
+    "pottery AIORedlock": pottery_aioredlock,
+    "python-redis-lock (threads)": python_redis_lock,
 }
 
 
@@ -150,15 +194,34 @@ async def scenario(url: str, label: str, make: Maker, workers: int, seconds: flo
     )
 
 
-async def run(url: str, sizes: list[int], seconds: float) -> list[Row]:
-    """Every scenario with every implementation, one after the other."""
-    rows = []
+async def run(
+    url: str, sizes: list[int], seconds: float, only: list[str] | None = None
+) -> tuple[list[Row], list[str]]:
+    """Every scenario with every implementation; return the rows and what failed.
+
+    A peer that is not installed, fails or hangs is reported, not silently dropped.
+    """
+    rows, problems = [], []
     for workers in sizes:
         for label, make in IMPLEMENTATIONS.items():
-            row = await scenario(url, label, make, workers, seconds)
+            if only is not None and label not in only:
+                continue
+            try:
+                row = await asyncio.wait_for(
+                    scenario(url, label, make, workers, seconds), seconds + 60
+                )
+            except ImportError as exc:
+                problems.append(f"{label}: not installed ({exc.name}); pip install '.[bench]'")
+                continue
+            except TimeoutError:
+                problems.append(f"{label}, {workers} coroutines: hung (no end within 60 s)")
+                continue
+            except Exception as exc:
+                problems.append(f"{label}, {workers} coroutines: failed: {exc!r}")
+                continue
             print(f"{row.scenario} / {label}: {row.sections_per_second:.0f}/s", file=sys.stderr)
             rows.append(row)
-    return rows
+    return rows, problems
 
 
 def table(rows: list[Row]) -> str:
@@ -186,11 +249,13 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.url:
-        rows = asyncio.run(run(args.url, sizes, args.seconds))
+        rows, problems = asyncio.run(run(args.url, sizes, args.seconds))
     else:
         with RedisServer() as server:
-            rows = asyncio.run(run(server.url, sizes, args.seconds))
+            rows, problems = asyncio.run(run(server.url, sizes, args.seconds))
     print(table(rows))
+    for problem in problems:
+        print(f"\n- {problem}")
     return 1 if any(row.overlaps for row in rows) else 0
 
 
