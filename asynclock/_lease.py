@@ -25,7 +25,6 @@ Redlock) covers the two clocks running at slightly different rates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -887,44 +886,52 @@ class LeaseLock:
             return None, Grant(False, ())
 
         try:
-            async with wait_scope, contextlib.AsyncExitStack() as stack:
-                waiting = None
-                if notifier is not None:
-                    # One coroutine of this process at a time talks to Redis for this
-                    # lock; the others wait their turn here, in order of arrival.
-                    waiting = await stack.enter_async_context(notifier.queue(resource.channels))
-                if waiting is not None and waiting.handed_over and waiting.watching:
-                    # The previous waiter of this process holds the lock: wait for its
-                    # release (published while we were subscribed) before trying.
-                    waiting.handed_over = False
-                    await waiting.wait(_NOTIFIED_RECHECK)
-                lease, grant = await attempt()
-                if lease is not None:
-                    if waiting is not None:
-                        waiting.handed_over = True
-                    return lease
-                if next(delays, None) is None:
-                    return None
-                if waiting is not None:
-                    await waiting.watch()  # subscribed (confirmed) before the re-check
-                while True:
-                    if waiting is not None:
-                        waiting.event.clear()
+            async with wait_scope:
+                if notifier is None:  # not blocking, or no notifications: poll
                     lease, grant = await attempt()
                     if lease is not None:
-                        if waiting is not None:
-                            waiting.handed_over = True
                         return lease
                     delay = next(delays, None)
                     if delay is None:
                         return None
-                    if waiting is not None:
-                        delay = max(delay, _NOTIFIED_RECHECK)
-                    if grant.retry_after is not None:
-                        delay = min(delay, grant.retry_after)
-                    if waiting is None:
+                    while True:
+                        if grant.retry_after is not None:
+                            delay = min(delay, grant.retry_after)
                         await asyncio.sleep(delay)
-                    else:
+                        lease, grant = await attempt()
+                        if lease is not None:
+                            return lease
+                        delay = next(delays, None)
+                        if delay is None:
+                            return None
+                # One coroutine of this process at a time talks to Redis for this lock
+                # (a burst of waiters costs one connection, not one each); the others
+                # wait their turn here, in order of arrival.
+                async with notifier.queue(resource.channels) as waiting:
+                    if waiting.handed_over and waiting.watching:
+                        # The previous waiter of this process holds the lock: wait for
+                        # its release (published while we were subscribed).
+                        waiting.handed_over = False
+                        await waiting.wait(_NOTIFIED_RECHECK)
+                    lease, grant = await attempt()
+                    if lease is not None:
+                        waiting.handed_over = True
+                        return lease
+                    if next(delays, None) is None:
+                        return None
+                    await waiting.watch()  # subscribed (confirmed) before the re-check
+                    while True:
+                        waiting.event.clear()
+                        lease, grant = await attempt()
+                        if lease is not None:
+                            waiting.handed_over = True
+                            return lease
+                        delay = next(delays, None)
+                        if delay is None:
+                            return None
+                        delay = max(delay, _NOTIFIED_RECHECK)
+                        if grant.retry_after is not None:
+                            delay = min(delay, grant.retry_after)
                         await waiting.wait(delay)
         except TimeoutError as exc:
             if not wait_scope.expired():  # a socket timeout, not the end of our wait
