@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -66,8 +66,26 @@ class Notifier:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._queues: dict[tuple[str, ...], Waiting] = {}
+        self._trying: dict[tuple[str, ...], int] = {}
         self._reader: asyncio.Task[None] | None = None
         self._commands = asyncio.Lock()  # SUBSCRIBE/UNSUBSCRIBE, one at a time
+
+    def busy(self, channels: tuple[str, ...]) -> bool:
+        """Whether a coroutine of this process is trying or queueing for this lock."""
+        return channels in self._queues or channels in self._trying
+
+    @contextlib.contextmanager
+    def trying(self, channels: tuple[str, ...]) -> Iterator[None]:
+        """Mark a first try in flight, so that coroutines arriving meanwhile queue."""
+        self._trying[channels] = self._trying.get(channels, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._trying[channels] - 1
+            if left:
+                self._trying[channels] = left
+            else:
+                del self._trying[channels]
 
     @contextlib.asynccontextmanager
     async def queue(self, channels: tuple[str, ...]) -> AsyncIterator[Waiting]:

@@ -56,5 +56,5 @@ async def test_a_frozen_holder_loses_the_lock_and_its_late_write_is_refused(
         await asyncio.wait_for(holder.wait(), 10)
     # Its own deadline had passed: lost on the client's clock, not by asking Redis.
     assert lost.startswith(b"lost: the lease ran out")
-    assert taken_after < ttl + 0.5  # the frozen holder's lease ran out on the server
-    assert lost_after < 0.5  # the resumed holder learns at once: its deadline had passed
+    assert taken_after < ttl + 1.0  # the frozen holder's lease ran out on the server
+    assert lost_after < 1.0  # the resumed holder learns at once: its deadline had passed
