@@ -125,7 +125,17 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self._call(self._reset_all)
-        if self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        future.result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, and end every connection's task before the loop stops."""
+        if self._server is not None:
+            self._server.close()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
