@@ -906,31 +906,20 @@ class LeaseLock:
                             return None
                 # One coroutine of this process at a time talks to Redis for this lock
                 # (a burst of waiters costs one connection, not one each); the others
-                # wait their turn in a queue, in order of arrival. With nobody else
-                # here, the first try goes straight to Redis: the uncontended path.
-                channels = resource.channels
-                tried = False
-                if not notifier.busy(channels):
-                    with notifier.trying(channels):
-                        lease, grant = await attempt()
+                # wait their turn in a queue, in order of arrival. Taking a place costs
+                # no round trip, so the uncontended path is still one script call.
+                async with notifier.queue(resource.channels) as waiting:
+                    if waiting.handed_over and waiting.watching:
+                        # The previous waiter of this process holds the lock: wait for
+                        # its release (published while we were subscribed).
+                        waiting.handed_over = False
+                        await waiting.wait(_NOTIFIED_RECHECK)
+                    lease, grant = await attempt()
                     if lease is not None:
+                        waiting.handed_over = True
                         return lease
                     if next(delays, None) is None:
                         return None
-                    tried = True
-                async with notifier.queue(channels) as waiting:
-                    if not tried:
-                        if waiting.handed_over and waiting.watching:
-                            # The previous waiter of this process holds the lock: wait
-                            # for its release (published while we were subscribed).
-                            waiting.handed_over = False
-                            await waiting.wait(_NOTIFIED_RECHECK)
-                        lease, grant = await attempt()
-                        if lease is not None:
-                            waiting.handed_over = True
-                            return lease
-                        if next(delays, None) is None:
-                            return None
                     await waiting.watch()  # subscribed (confirmed) before the re-check
                     while True:
                         waiting.event.clear()
@@ -938,10 +927,9 @@ class LeaseLock:
                         if lease is not None:
                             waiting.handed_over = True
                             return lease
-                        delay = next(delays, None)
-                        if delay is None:
+                        if next(delays, None) is None:  # the strategy may give up
                             return None
-                        delay = max(delay, _NOTIFIED_RECHECK)
+                        delay = _NOTIFIED_RECHECK
                         if grant.retry_after is not None:
                             delay = min(delay, grant.retry_after)
                         await waiting.wait(delay)

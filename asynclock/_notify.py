@@ -10,8 +10,9 @@ and its subscription is never missed. Messages are at most once (a reconnect los
 some): the head keeps a bounded fallback re-check, so a lost message costs latency,
 never a hang.
 
-Clients without a usable pub/sub (Redis Cluster clients, whose pub/sub needs a node
-per channel) poll instead.
+Clients without a usable pub/sub poll instead: Redis Cluster clients (whose pub/sub
+needs a node per channel), and clients whose pool holds a single connection, which
+the subscriber would take from the waiters.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -48,8 +49,8 @@ class Waiting:
     async def watch(self) -> None:
         """Subscribe to the lock's channels, once per queue, confirmed by the server."""
         if not self.watching:
-            self.watching = True
             await self.notifier._watch(self.channels, self.event)
+            self.watching = True
 
     async def wait(self, timeout: float) -> None:
         """Wait for a release notification, or ``timeout`` seconds."""
@@ -66,26 +67,8 @@ class Notifier:
         self._events: dict[str, set[asyncio.Event]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._queues: dict[tuple[str, ...], Waiting] = {}
-        self._trying: dict[tuple[str, ...], int] = {}
         self._reader: asyncio.Task[None] | None = None
         self._commands = asyncio.Lock()  # SUBSCRIBE/UNSUBSCRIBE, one at a time
-
-    def busy(self, channels: tuple[str, ...]) -> bool:
-        """Whether a coroutine of this process is trying or queueing for this lock."""
-        return channels in self._queues or channels in self._trying
-
-    @contextlib.contextmanager
-    def trying(self, channels: tuple[str, ...]) -> Iterator[None]:
-        """Mark a first try in flight, so that coroutines arriving meanwhile queue."""
-        self._trying[channels] = self._trying.get(channels, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._trying[channels] - 1
-            if left:
-                self._trying[channels] = left
-            else:
-                del self._trying[channels]
 
     @contextlib.asynccontextmanager
     async def queue(self, channels: tuple[str, ...]) -> AsyncIterator[Waiting]:
@@ -106,27 +89,35 @@ class Notifier:
 
     async def _watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         new = []
+        pending = []  # confirmations of channels another waiter is subscribing to
         for channel in channels:
             events = self._events.setdefault(channel, set())
             if not events:
                 new.append(channel)
+            elif channel in self._confirmations:
+                pending.append(self._confirmations[channel])
             events.add(event)
-        if not new:
-            return
         loop = asyncio.get_running_loop()
         confirmations = []
         for channel in new:
             confirmation = self._confirmations[channel] = loop.create_future()
             confirmations.append(confirmation)
         try:
-            async with self._commands:
-                await self._pubsub.subscribe(*new)
-            if self._reader is None or self._reader.done():
-                self._reader = asyncio.ensure_future(self._read())
+            if new:
+                async with self._commands:
+                    await self._pubsub.subscribe(*new)
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.ensure_future(self._read())
             # Bounded: without a confirmation the head still re-checks by polling.
-            await asyncio.wait(confirmations, timeout=_CONFIRM_TIMEOUT)
+            if confirmations or pending:
+                await asyncio.wait([*confirmations, *pending], timeout=_CONFIRM_TIMEOUT)
         except (RedisError, OSError) as exc:
             _log.debug("subscribing to %s failed: %r", new, exc)
+        except BaseException:
+            # Cancelled halfway: take the registration back, so that a later waiter
+            # subscribes for real instead of trusting a subscription never made.
+            await asyncio.shield(self._unwatch(channels, event))
+            raise
         finally:
             for channel, confirmation in zip(new, confirmations, strict=True):
                 if self._confirmations.get(channel) is confirmation:
@@ -150,14 +141,6 @@ class Notifier:
         except (RedisError, OSError) as exc:
             _log.debug("unsubscribing from %s failed: %r", gone, exc)
 
-    def _wake_all(self) -> None:
-        for events in self._events.values():
-            for event in events:
-                event.set()
-        for confirmation in self._confirmations.values():
-            if not confirmation.done():
-                confirmation.set_result(None)
-
     async def _read(self) -> None:
         """Deliver messages to the waiting heads until nothing is subscribed."""
         while True:
@@ -166,8 +149,10 @@ class Notifier:
             except (RedisError, OSError) as exc:
                 # The connection broke; redis-py resubscribes when it reconnects. Wake
                 # everyone, so that they re-check instead of waiting for a lost message.
+                # redis-py resubscribes when it reconnects; the waiters are woken then
+                # (messages may have been lost meanwhile), not now, while the server
+                # may still be down.
                 _log.debug("the notification connection failed: %r", exc)
-                self._wake_all()
                 if await self._close_if_idle():
                     return
                 await asyncio.sleep(0.05)
@@ -184,6 +169,11 @@ class Notifier:
                 confirmation = self._confirmations.get(channel)
                 if confirmation is not None and not confirmation.done():
                     confirmation.set_result(None)
+                elif confirmation is None:
+                    # A resubscription after a reconnect: a release may have been
+                    # published while the connection was down, so re-check now.
+                    for event in self._events.get(channel, ()):
+                        event.set()
             elif kind == "unsubscribe" and message["data"] == 0 and await self._close_if_idle():
                 return  # nothing subscribed any more; the next watch starts a reader
 
@@ -207,6 +197,9 @@ def notifier_for(client: Any) -> Notifier | None:
     """The client's notifier, made on first use; ``None`` if it has no usable pub/sub."""
     if hasattr(client, "get_node_from_key"):  # a cluster client
         return None
+    max_connections = getattr(client.connection_pool, "max_connections", None)
+    if max_connections is not None and max_connections < 2:
+        return None  # the subscriber would take the only connection: poll instead
     notifier = _notifiers.get(client)
     if notifier is None:
         notifier = _notifiers[client] = Notifier(client)

@@ -108,3 +108,35 @@ async def test_a_cancelled_waiter_unsubscribes(client: redis.Redis) -> None:
     await asyncio.sleep(0.05)
     assert await client.pubsub_channels("asynclock:*") == []
     await holder.release()
+
+
+async def test_waiters_arriving_during_a_first_try_keep_their_order(client: redis.Redis) -> None:
+    holder = Mutex(client, "fifo2", ttl=30)
+    await holder.acquire()
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        async with Mutex(client, "fifo2", ttl=30, timeout=20):
+            order.append(n)
+
+    tasks = []
+    for n in range(5):
+        tasks.append(asyncio.create_task(waiter(n)))
+        await asyncio.sleep(0)  # the next arrives while the first try is in flight
+    await asyncio.sleep(0.2)
+    await holder.release()
+    await asyncio.gather(*tasks)
+    assert order == list(range(5))
+
+
+async def test_a_pool_of_one_connection_still_waits(redis_url: str) -> None:
+    single = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(redis_url, max_connections=1)
+    )
+    holder = Mutex(single, "one", ttl=30)
+    await holder.acquire()
+    waiter = asyncio.create_task(Mutex(single, "one", ttl=30).acquire())
+    await asyncio.sleep(0.2)
+    await holder.release()
+    assert await asyncio.wait_for(waiter, 5)  # by polling: no connection for a subscriber
+    await single.aclose()
