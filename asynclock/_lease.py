@@ -789,6 +789,20 @@ class LeaseLock:
         lease = self.lease
         return lease is not None and lease.owned
 
+    @property
+    def fencing_token(self) -> int:
+        """The fencing token of this object's lease (see ``lease``), of its first name.
+
+        Strictly increasing across successive holders of the name, and not
+        consecutive: a token is never below the server clock in microseconds, so
+        tokens keep increasing even after a restart or a failover sets the counter
+        back. Pass it to storage that rejects writes carrying a token lower than the
+        highest it has seen.
+
+        :raises LockNotOwned: the lock is not held through this object
+        """
+        return self._current_lease().fencing_token
+
     async def locked(self) -> bool:
         """Ask Redis whether the lock is held now (for a semaphore: no permit free)."""
         return await self._call(self._resource.locked(self._client), "inspection")

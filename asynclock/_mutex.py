@@ -96,17 +96,3 @@ class Mutex(LeaseLock):
     def name(self) -> str:
         """The lock's name."""
         return self._name
-
-    @property
-    def fencing_token(self) -> int:
-        """The fencing token of this object's lease (see ``lease``) for this name.
-
-        Strictly increasing across successive holders of the name, and not
-        consecutive: a token is never below the server clock in microseconds, so
-        tokens keep increasing even after a restart or a failover sets the counter
-        back. Pass it to storage that
-        rejects writes carrying a token lower than the highest it has seen.
-
-        :raises LockNotOwned: the lock is not held through this object
-        """
-        return self._current_lease().fencing_token

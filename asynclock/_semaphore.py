@@ -194,14 +194,6 @@ class Semaphore(LeaseLock):
         """How many permits one acquisition takes."""
         return self._permits.permits
 
-    @property
-    def fencing_token(self) -> int:
-        """The fencing token of this object's lease (see ``lease``).
-
-        :raises LockNotOwned: the semaphore is not held through this object
-        """
-        return self._current_lease().fencing_token
-
     async def holders(self) -> int:
         """Ask Redis how many live holders the semaphore has now."""
         holders, _, _ = await self._inspect()
