@@ -276,6 +276,7 @@ async def test_a_cancelled_release_still_runs_to_completion(
     lock = Mutex(client, "x")
     assert await lock.acquire()
     other = make_client()
+    await other.ping()  # connected, so that DEBUG SLEEP starts at once
     # Hold the server for 200 ms so that the release is surely in flight when cancelled.
     blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.2"))
     await asyncio.sleep(0.05)
@@ -324,9 +325,11 @@ async def test_an_acquire_that_times_out_mid_command_leaves_nothing(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
     other = make_client()
+    await other.ping()  # connected, so that DEBUG SLEEP starts at once
+    await client.ping()
     # The server is busy: our acquire command queues behind DEBUG SLEEP and our wait
     # limit passes while it is in flight; the command then runs and takes the lock.
-    blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.3"))
+    blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.5"))
     await asyncio.sleep(0.05)
     assert not await Mutex(client, "x", ttl=30).acquire(timeout=0.1)
     await blocker
