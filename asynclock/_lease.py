@@ -930,7 +930,7 @@ class LeaseLock:
                         await waiting.wait(_NOTIFIED_RECHECK)
                     lease, grant = await attempt()
                     if lease is not None:
-                        waiting.handed_over = True
+                        waiting.took_it()
                         return lease
                     if next(delays, None) is None:
                         return None
@@ -939,7 +939,7 @@ class LeaseLock:
                         waiting.event.clear()
                         lease, grant = await attempt()
                         if lease is not None:
-                            waiting.handed_over = True
+                            waiting.took_it()
                             return lease
                         if next(delays, None) is None:  # the strategy may give up
                             return None

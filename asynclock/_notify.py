@@ -4,7 +4,8 @@ One :class:`Notifier` per client multiplexes every name and every waiting corout
 of the process onto one pub/sub connection. Coroutines of one process that want the
 same lock queue locally (FIFO), so that one of them at a time talks to Redis; while
 the queue is not empty its lock's channels stay subscribed, and when it empties they
-are unsubscribed. The head of the queue subscribes, and waits for the server's
+are unsubscribed (the connection goes back to the pool after a second without
+any). The head of the queue subscribes, and waits for the server's
 confirmation, *before* it tries the lock again, so a release between its failed try
 and its subscription is never missed. Messages are at most once (a reconnect loses
 some): the head keeps a bounded fallback re-check, so a lost message costs latency,
@@ -45,6 +46,16 @@ class Waiting:
         # Set when a coroutine of this queue has just taken the lock: the next one
         # then knows it is held, and waits for its release without a useless try.
         self.handed_over = False
+
+    def took_it(self) -> None:
+        """Note that a coroutine of this queue has just taken the lock.
+
+        The next in line then waits for a release notification before its first try.
+        Notifications of earlier releases are dropped now: the one it waits for can
+        only come after this acquisition.
+        """
+        self.handed_over = True
+        self.event.clear()
 
     async def watch(self) -> None:
         """Subscribe to the lock's channels, once per queue, confirmed by the server."""
@@ -158,6 +169,10 @@ class Notifier:
                 await asyncio.sleep(0.05)
                 continue
             if message is None:
+                # A second without traffic and nobody waiting: give the connection
+                # back. Not at once when the last channel goes, since with many
+                # names that happens all the time, and reconnecting costs more than
+                # it saves. The next watch starts a reader again.
                 if not self._events and await self._close_if_idle():
                     return
                 continue
@@ -174,8 +189,6 @@ class Notifier:
                     # published while the connection was down, so re-check now.
                     for event in self._events.get(channel, ()):
                         event.set()
-            elif kind == "unsubscribe" and message["data"] == 0 and await self._close_if_idle():
-                return  # nothing subscribed any more; the next watch starts a reader
 
     async def _close_if_idle(self) -> bool:
         """Give the connection back to the pool if nobody waits; say whether it did."""

@@ -1,9 +1,16 @@
-"""Contended hand-off in one process: ``python -m benchmarks.contention``.
+"""Contended hand-off: ``python -m benchmarks.contention`` (also part of ``python -m benchmarks``).
 
-N coroutines loop on one lock name for ``--seconds`` each: wait for the lock, hold it
-for 1 ms, release. Per scenario and implementation the report gives sections per
-second, the wait of each acquire (p50, p99, max), the share of sections that went to
-another coroutine than the previous one (hand-offs; a polling lock mostly lets the
+Coroutines loop for ``--seconds``: pick a lock name, wait for the lock, hold it for
+1 ms, release. The scenarios:
+
+- 2, 16 and 64 coroutines in one process, on one name;
+- 4 processes x 8 coroutines, on one name (the processes are started first and begin
+  together; sections are compared on the system-wide monotonic clock);
+- 200 coroutines in one process over 1,000 names, each section on a random name.
+
+Per scenario and implementation the report gives sections per second, the wait of
+each acquire (p50, p99, max), the share of sections that went to another holder than
+the previous section of the same name (hand-offs; a polling lock mostly lets the
 releasing coroutine take it straight back), commands the server ran per section
 (from ``INFO commandstats``: this counts the commands inside Lua scripts too, so a
 script-based lock shows more than its round trips), and overlaps, which must be 0.
@@ -21,10 +28,14 @@ import argparse
 import asyncio
 import concurrent.futures
 import itertools
+import multiprocessing
+import random
+import secrets
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -33,13 +44,48 @@ from asynclock import Mutex
 from asynclock._server import RedisServer
 
 HOLD = 0.001  # seconds a section lasts
+#: How long a scenario may run past its ``seconds`` before it counts as hung.
+GRACE = 60.0
+#: How long the processes of a multi-process scenario get to start and connect.
+PROCESS_START = 5.0
+#: Lock-and-release pairs per implementation when counting uncontended commands.
+UNCONTENDED_PAIRS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Who contends for what: processes x coroutines, over some names."""
+
+    key: str
+    label: str
+    processes: int
+    coroutines: int  # per process
+    names: int
+
+    @property
+    def workers(self) -> int:
+        """Coroutines in all."""
+        return self.processes * self.coroutines
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.key: scenario
+    for scenario in (
+        Scenario("2", "2 coroutines, 1 name", 1, 2, 1),
+        Scenario("16", "16 coroutines, 1 name", 1, 16, 1),
+        Scenario("64", "64 coroutines, 1 name", 1, 64, 1),
+        Scenario("4x8", "4 processes x 8 coroutines, 1 name", 4, 8, 1),
+        Scenario("1000names", "200 coroutines, 1000 names", 1, 200, 1000),
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One critical section: who held it, how long it waited, when it ran."""
+    """One critical section: who held which name, how long it waited, when it ran."""
 
-    worker: int
+    worker: str
+    name: int
     waited: float
     start: float
     end: float
@@ -60,16 +106,18 @@ class Row:
     overlaps: int
 
 
-#: Takes the lock, waiting as long as needed, and returns how to release it.
-Acquire = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
-#: Makes a worker's ``Acquire`` for a client, a lock name and a worker number.
-Maker = Callable[[aioredis.Redis, str, int], Acquire]
+#: Releases a lock taken by an ``Acquire``.
+Release = Callable[[], Awaitable[None]]
+#: Takes the lock of a name, waiting as long as needed, and returns how to release it.
+Acquire = Callable[[str], Awaitable[Release]]
+#: Makes a worker's ``Acquire`` for a client and a worker number.
+Maker = Callable[[aioredis.Redis, int], Acquire]
 
 
-def asynclock_mutex(client: aioredis.Redis, name: str, worker: int) -> Acquire:
-    """Acquire with ``async with Mutex(...)`` semantics; return the releaser."""
+def asynclock_mutex(client: aioredis.Redis, worker: int) -> Acquire:
+    """``Mutex(client, name)`` per section, as ``async with`` would; return the releaser."""
 
-    async def acquire() -> Callable[[], Awaitable[None]]:
+    async def acquire(name: str) -> Release:
         lock = Mutex(client, name, ttl=30)
         await lock.acquire()
         return lock.release
@@ -80,10 +128,9 @@ def asynclock_mutex(client: aioredis.Redis, name: str, worker: int) -> Acquire:
 def redis_py_lock(sleep: float) -> Maker:
     """redis-py's asyncio Lock polling every ``sleep`` seconds."""
 
-    def make(client: aioredis.Redis, name: str, worker: int) -> Acquire:
-        lock = client.lock(name, timeout=30, sleep=sleep, thread_local=False)
-
-        async def acquire() -> Callable[[], Awaitable[None]]:
+    def make(client: aioredis.Redis, worker: int) -> Acquire:
+        async def acquire(name: str) -> Release:
+            lock = client.lock(name, timeout=30, sleep=sleep, thread_local=False)
             await lock.acquire()
             return lock.release
 
@@ -92,34 +139,31 @@ def redis_py_lock(sleep: float) -> Maker:
     return make
 
 
-def pottery_aioredlock(client: aioredis.Redis, name: str, worker: int) -> Acquire:
+def pottery_aioredlock(client: aioredis.Redis, worker: int) -> Acquire:
     """pottery's ``AIORedlock`` on one master, with its defaults."""
     from pottery import AIORedlock  # an optional peer: pip install '.[bench]'
 
-    lock = AIORedlock(key=name, masters={client}, auto_release_time=30)
-
-    async def acquire() -> Callable[[], Awaitable[None]]:
+    async def acquire(name: str) -> Release:
+        lock = AIORedlock(key=name, masters={client}, auto_release_time=30)
         await lock.acquire()
         return lock.release
 
     return acquire
 
 
-_threads: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-
-
-def python_redis_lock(client: aioredis.Redis, name: str, worker: int) -> Acquire:
+def python_redis_lock(client: aioredis.Redis, worker: int) -> Acquire:
     """python-redis-lock (synchronous, waking by BLPOP), in a thread per worker."""
     import redis as sync_redis
     import redis_lock  # type: ignore[import-untyped]  # optional: pip install '.[bench]'
 
     kwargs = client.connection_pool.connection_kwargs
     sync_client = sync_redis.Redis(host=kwargs["host"], port=kwargs["port"])
-    lock = redis_lock.Lock(sync_client, name, expire=30)
-    thread = _threads.setdefault(worker, concurrent.futures.ThreadPoolExecutor(1))
+    thread = concurrent.futures.ThreadPoolExecutor(1)
+    _threads.append(thread)
 
-    async def acquire() -> Callable[[], Awaitable[None]]:
+    async def acquire(name: str) -> Release:
         loop = asyncio.get_running_loop()
+        lock = redis_lock.Lock(sync_client, name, expire=30)
         await loop.run_in_executor(thread, lock.acquire)
 
         async def release() -> None:
@@ -130,6 +174,9 @@ def python_redis_lock(client: aioredis.Redis, name: str, worker: int) -> Acquire
     return acquire
 
 
+# The threads of python-redis-lock workers, shut down after each scenario.
+_threads: list[concurrent.futures.ThreadPoolExecutor] = []
+
 IMPLEMENTATIONS: dict[str, Maker] = {
     "asynclock Mutex": asynclock_mutex,
     "redis-py Lock (sleep 0.1)": redis_py_lock(0.1),
@@ -137,107 +184,269 @@ IMPLEMENTATIONS: dict[str, Maker] = {
     "pottery AIORedlock": pottery_aioredlock,
     "python-redis-lock (threads)": python_redis_lock,
 }
+OURS = "asynclock Mutex"
 
 
 async def commands(client: aioredis.Redis) -> int:
-    """Commands the server has run so far, the INFO calls aside."""
+    """Commands the server has run so far, INFO and connection set-up aside."""
     stats = await client.info("commandstats")
-    return sum(int(value["calls"]) for key, value in stats.items() if key != "cmdstat_info")
+    ignored = ("cmdstat_info", "cmdstat_client", "cmdstat_hello", "cmdstat_ping")
+    return sum(int(value["calls"]) for key, value in stats.items() if not key.startswith(ignored))
 
 
-def overlaps(sections: list[Section]) -> int:
-    """Sections that started before the previous one (by start) ended."""
-    ordered = sorted(sections, key=lambda section: section.start)
-    return sum(1 for a, b in itertools.pairwise(ordered) if b.start < a.end)
+def overlaps(sections: Iterable[Section]) -> int:
+    """Sections that started before the previous one of the same name ended."""
+    count = 0
+    for ordered in by_name(sections).values():
+        count += sum(1 for a, b in itertools.pairwise(ordered) if b.start < a.end)
+    return count
 
 
-async def scenario(url: str, label: str, make: Maker, workers: int, seconds: float) -> Row:
-    """Run ``workers`` coroutines on one name for ``seconds``; return the figures."""
-    client = aioredis.Redis.from_url(url, max_connections=workers + 10)
-    admin = aioredis.Redis.from_url(url)
-    name = f"contention:{workers}:{label}"
+def by_name(sections: Iterable[Section]) -> dict[int, list[Section]]:
+    """The sections of each name, in order of start."""
+    names: dict[int, list[Section]] = defaultdict(list)
+    for section in sections:
+        names[section.name].append(section)
+    for ordered in names.values():
+        ordered.sort(key=lambda section: section.start)
+    return names
+
+
+def handoff_share(sections: Iterable[Section]) -> float:
+    """The share of sections whose holder differs from the previous one of that name."""
+    changes = successions = 0
+    for ordered in by_name(sections).values():
+        successions += len(ordered) - 1
+        changes += sum(1 for a, b in itertools.pairwise(ordered) if a.worker != b.worker)
+    return changes / max(1, successions)
+
+
+async def work(
+    url: str,
+    label: str,
+    scenario: Scenario,
+    tag: str,
+    process: int,
+    start_at: float,
+    seconds: float,
+) -> list[Section]:
+    """Run one process's coroutines of ``scenario``; return their sections."""
+    make = IMPLEMENTATIONS[label]
+    client = aioredis.Redis.from_url(url, max_connections=scenario.coroutines + 10)
+    names = [f"{tag}:{number}" for number in range(scenario.names)]
     sections: list[Section] = []
-    stop_at = time.monotonic() + seconds
+    await client.ping()  # connected before the start
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    stop_at = start_at + seconds
 
     async def worker(number: int) -> None:
-        acquire = make(client, name, number)
+        acquire = make(client, number)
+        chooser = random.Random(process * 100_000 + number)
+        who = f"{process}:{number}"
         while time.monotonic() < stop_at:
+            name = chooser.randrange(len(names))
             asked = time.monotonic()
-            release = await acquire()
+            release = await acquire(names[name])
             start = time.monotonic()
             await asyncio.sleep(HOLD)
             end = time.monotonic()
             await release()
-            sections.append(Section(number, start - asked, start, end))
+            sections.append(Section(who, name, start - asked, start, end))
 
-    before = await commands(admin)
-    started = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(workers))), seconds + 60)
-    elapsed = time.monotonic() - started
-    count = max(1, len(sections))
-    used = await commands(admin) - before
-    ordered = sorted(sections, key=lambda section: section.start)
-    handoffs = sum(1 for a, b in itertools.pairwise(ordered) if a.worker != b.worker)
-    waits = sorted(section.waited * 1000 for section in sections)
-    await client.aclose()
-    await admin.aclose()
+    try:
+        await asyncio.gather(*(worker(n) for n in range(scenario.coroutines)))
+    finally:
+        await client.aclose()
+        while _threads:
+            _threads.pop().shutdown(wait=False)
+    return sections
+
+
+def work_in_process(
+    url: str,
+    label: str,
+    scenario: Scenario,
+    tag: str,
+    process: int,
+    start_at: float,
+    seconds: float,
+) -> list[Section]:
+    """``work`` in a process of its own (the entry point of the started processes)."""
+    return asyncio.run(work(url, label, scenario, tag, process, start_at, seconds))
+
+
+async def measure(url: str, label: str, scenario: Scenario, seconds: float) -> Row:
+    """Run ``scenario`` with one implementation for ``seconds``; return the figures."""
+    admin = aioredis.Redis.from_url(url)
+    tag = f"contention:{scenario.key}:{label}:{secrets.token_hex(3)}"
+    try:
+        before = await commands(admin)
+        if scenario.processes == 1:
+            started = time.monotonic()
+            sections = await work(url, label, scenario, tag, 0, started, seconds)
+        else:
+            loop = asyncio.get_running_loop()
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(scenario.processes, context) as pool:
+                started = time.monotonic() + PROCESS_START
+                parts = [
+                    loop.run_in_executor(
+                        pool, work_in_process, url, label, scenario, tag, p, started, seconds
+                    )
+                    for p in range(scenario.processes)
+                ]
+                sections = [section for part in await asyncio.gather(*parts) for section in part]
+        elapsed = time.monotonic() - started
+        used = await commands(admin) - before
+    finally:
+        await admin.aclose()
+    waits = sorted(section.waited * 1000 for section in sections) or [float("nan")]
     return Row(
-        scenario=f"{workers} coroutines, 1 name",
+        scenario=scenario.label,
         implementation=label,
         sections_per_second=len(sections) / elapsed,
         wait_p50_ms=statistics.median(waits),
         wait_p99_ms=waits[min(len(waits) - 1, int(0.99 * len(waits)))],
         wait_max_ms=waits[-1],
-        handoffs=handoffs / max(1, len(sections) - 1),
-        commands_per_section=used / count,
+        handoffs=handoff_share(sections),
+        commands_per_section=used / max(1, len(sections)),
         overlaps=overlaps(sections),
     )
 
 
+async def uncontended_commands(url: str, label: str, pairs: int = UNCONTENDED_PAIRS) -> float:
+    """Commands the server runs per acquire+release of a free lock, as in the scenarios."""
+    client = aioredis.Redis.from_url(url)
+    acquire = IMPLEMENTATIONS[label](client, 0)
+    name = f"uncontended:{label}:{secrets.token_hex(3)}"
+    try:
+        release = await acquire(name)  # connects, loads scripts: not counted
+        await release()
+        before = await commands(client)
+        for _ in range(pairs):
+            release = await acquire(name)
+            await release()
+        return (await commands(client) - before) / pairs
+    finally:
+        await client.aclose()
+        while _threads:
+            _threads.pop().shutdown(wait=False)
+
+
+def failure(label: str, what: str, exc: BaseException) -> str:
+    """How a peer that could not be measured is reported."""
+    if isinstance(exc, ImportError):
+        return f"{label}: not installed ({exc.name}); pip install '.[bench]'"
+    if isinstance(exc, TimeoutError):
+        return f"{label}, {what}: hung (no end within {GRACE:.0f} s of the scenario's end)"
+    return f"{label}, {what}: failed: {exc!r}"
+
+
+Progress = Callable[[str], None]
+
+
+def to_stderr(line: str) -> None:
+    """Print a progress line to stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
 async def run(
-    url: str, sizes: list[int], seconds: float, only: list[str] | None = None
+    url: str,
+    scenarios: Sequence[Scenario],
+    seconds: float,
+    only: Sequence[str] | None = None,
+    progress: Progress = to_stderr,
 ) -> tuple[list[Row], list[str]]:
     """Every scenario with every implementation; return the rows and what failed.
 
     A peer that is not installed, fails or hangs is reported, not silently dropped.
     """
+    labels = [label for label in IMPLEMENTATIONS if only is None or label in only]
     rows, problems = [], []
-    for workers in sizes:
-        for label, make in IMPLEMENTATIONS.items():
-            if only is not None and label not in only:
-                continue
+    total, done = len(scenarios) * len(labels), 0
+    for scenario in scenarios:
+        for label in labels:
+            done += 1
+            progress(f"[{done}/{total}] {scenario.label} / {label} ...")
+            limit = seconds + GRACE + (PROCESS_START if scenario.processes > 1 else 0)
             try:
-                row = await asyncio.wait_for(
-                    scenario(url, label, make, workers, seconds), seconds + 60
-                )
-            except ImportError as exc:
-                problems.append(f"{label}: not installed ({exc.name}); pip install '.[bench]'")
-                continue
-            except TimeoutError:
-                problems.append(f"{label}, {workers} coroutines: hung (no end within 60 s)")
-                continue
+                row = await asyncio.wait_for(measure(url, label, scenario, seconds), limit)
             except Exception as exc:
-                problems.append(f"{label}, {workers} coroutines: failed: {exc!r}")
+                problems.append(failure(label, scenario.label, exc))
+                progress(f"    {problems[-1]}")
                 continue
-            print(f"{row.scenario} / {label}: {row.sections_per_second:.0f}/s", file=sys.stderr)
+            progress(
+                f"    {row.sections_per_second:.0f} sections/s, wait p99 {row.wait_p99_ms:.1f} ms,"
+                f" max {row.wait_max_ms:.1f} ms, hand-offs {row.handoffs:.0%},"
+                f" overlaps {row.overlaps}"
+            )
             rows.append(row)
     return rows, problems
 
 
-def table(rows: list[Row]) -> str:
+async def run_uncontended(
+    url: str, only: Sequence[str] | None = None
+) -> tuple[dict[str, float], list[str]]:
+    """Commands per uncontended section of each implementation, and what failed."""
+    figures, problems = {}, []
+    for label in IMPLEMENTATIONS:
+        if only is not None and label not in only:
+            continue
+        try:
+            figures[label] = await asyncio.wait_for(uncontended_commands(url, label), GRACE)
+        except Exception as exc:
+            problems.append(failure(label, "uncontended", exc))
+    return figures, problems
+
+
+COLUMNS = (
+    "scenario",
+    "implementation",
+    "sections/s",
+    "wait p50 ms",
+    "wait p99 ms",
+    "wait max ms",
+    "hand-offs",
+    "server commands/section",
+    "overlaps",
+)
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    """One row's cells, in the order of ``COLUMNS``."""
+    return (
+        row.scenario,
+        row.implementation,
+        f"{row.sections_per_second:.0f}",
+        f"{row.wait_p50_ms:.1f}",
+        f"{row.wait_p99_ms:.1f}",
+        f"{row.wait_max_ms:.1f}",
+        f"{row.handoffs:.0%}",
+        f"{row.commands_per_section:.1f}",
+        str(row.overlaps),
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| scenario | implementation | sections/s | wait p50 ms | wait p99 ms | wait max ms "
-        "| hand-offs | server commands/section | overlaps |",
-        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|:---|:---|" + "---:|" * (len(COLUMNS) - 2),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.scenario} | {row.implementation} | {row.sections_per_second:.0f} "
-            f"| {row.wait_p50_ms:.1f} | {row.wait_p99_ms:.1f} | {row.wait_max_ms:.1f} "
-            f"| {row.handoffs:.0%} | {row.commands_per_section:.1f} | {row.overlaps} |"
-        )
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def pick(keys: str) -> list[Scenario]:
+    """The scenarios named in a comma-separated list of keys."""
+    chosen = []
+    for key in keys.split(","):
+        if key not in SCENARIOS:
+            raise argparse.ArgumentTypeError(
+                f"unknown scenario {key!r}; known: {', '.join(SCENARIOS)}"
+            )
+        chosen.append(SCENARIOS[key])
+    return chosen
 
 
 def main() -> int:
@@ -245,14 +454,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.contention")
     parser.add_argument("--url", help="a running server (default: start a private one)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per scenario (default 3)")
-    parser.add_argument("--sizes", default="2,16,64", help="coroutines per scenario")
+    parser.add_argument(
+        "--scenarios", type=pick, default=list(SCENARIOS.values()), help=f"of {','.join(SCENARIOS)}"
+    )
     args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes.split(",")]
     if args.url:
-        rows, problems = asyncio.run(run(args.url, sizes, args.seconds))
+        rows, problems = asyncio.run(run(args.url, args.scenarios, args.seconds))
     else:
         with RedisServer() as server:
-            rows, problems = asyncio.run(run(server.url, sizes, args.seconds))
+            rows, problems = asyncio.run(run(server.url, args.scenarios, args.seconds))
     print(table(rows))
     for problem in problems:
         print(f"\n- {problem}")

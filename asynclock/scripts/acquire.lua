@@ -17,6 +17,22 @@
 local token = ARGV[1]
 local ttl = ARGV[2]
 
+local ours = {}
+for i = 1, #KEYS, 2 do
+  local owner = redis.call('GET', KEYS[i])
+  if owner then
+    if owner ~= token then
+      -- Checked first, so that a waiter's failed try costs two reads and no clock.
+      return {0, redis.call('PTTL', KEYS[i])}
+    end
+    ours[i] = true
+  elseif redis.call('EXISTS', KEYS[i] .. ':released:' .. token) == 1 then
+    -- This token was already given back (its release ran before this acquire, as
+    -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
+    return {0, -1}
+  end
+end
+
 -- The next fencing token of a name: one more than the last, and never below the
 -- server clock in microseconds. So tokens keep increasing even where the counter
 -- went back: a restart without persistence, a restart from an older snapshot, a
@@ -30,22 +46,6 @@ local function next_fence(fence_key)
     redis.call('SET', fence_key, string.format('%.0f', fence))
   end
   return fence
-end
-
-local ours = {}
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i] .. ':released:' .. token) == 1 then
-    -- This token was already given back (its release ran before this acquire, as
-    -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
-    return {0, -1}
-  end
-  local owner = redis.call('GET', KEYS[i])
-  if owner then
-    if owner ~= token then
-      return {0, redis.call('PTTL', KEYS[i])}
-    end
-    ours[i] = true
-  end
 end
 
 local granted = {1}
