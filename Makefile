@@ -31,7 +31,6 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
-	$(BIN)/python -m benchmarks.contention
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -1,4 +1,4 @@
-"""Contended hand-off: ``python -m benchmarks.contention`` (also part of ``python -m benchmarks``).
+"""Contended hand-off: ``python -m benchmarks.contention`` (part of ``python -m benchmarks``).
 
 Coroutines loop for ``--seconds``: pick a lock name, wait for the lock, hold it for
 1 ms, release. The scenarios:
@@ -229,8 +229,13 @@ async def work(
     process: int,
     start_at: float,
     seconds: float,
+    sections_each: int | None = None,
 ) -> list[Section]:
-    """Run one process's coroutines of ``scenario``; return their sections."""
+    """Run one process's coroutines of ``scenario``; return their sections.
+
+    Each coroutine starts sections until ``seconds`` after ``start_at``, or until it
+    has run ``sections_each`` of them.
+    """
     make = IMPLEMENTATIONS[label]
     client = aioredis.Redis.from_url(url, max_connections=scenario.coroutines + 10)
     names = [f"{tag}:{number}" for number in range(scenario.names)]
@@ -243,7 +248,9 @@ async def work(
         acquire = make(client, number)
         chooser = random.Random(process * 100_000 + number)
         who = f"{process}:{number}"
-        while time.monotonic() < stop_at:
+        for _ in itertools.count() if sections_each is None else range(sections_each):
+            if time.monotonic() >= stop_at:
+                break
             name = chooser.randrange(len(names))
             asked = time.monotonic()
             release = await acquire(names[name])

@@ -1,11 +1,31 @@
-"""The contention scenarios run, briefly: no overlaps, and asynclock hands over."""
+"""Contended hand-off under pytest-benchmark, and the report's scenarios run briefly.
+
+``pytest benchmarks/`` times ``test_contended_handoff`` per implementation (the time
+is per round of 160 sections); the other test checks that every scenario of
+``python -m benchmarks`` runs without overlap. Only correctness is asserted.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
+from collections.abc import Iterator
+
+import pytest
 
 from asynclock._server import RedisServer
-from benchmarks.contention import IMPLEMENTATIONS, OURS, Scenario, run, run_uncontended
+from benchmarks.contention import (
+    IMPLEMENTATIONS,
+    OURS,
+    Scenario,
+    Section,
+    overlaps,
+    run,
+    run_uncontended,
+    work,
+)
+from benchmarks.test_uncontended import Benchmark
 
 SMALL = [
     Scenario("4", "4 coroutines, 1 name", 1, 4, 1),
@@ -19,7 +39,8 @@ def test_contention_scenarios_run_without_overlap() -> None:
     with RedisServer() as server:
         rows, problems = asyncio.run(run(server.url, SMALL, 0.5, progress=lines.append))
         uncontended, more_problems = asyncio.run(run_uncontended(server.url))
-    assert problems == [] and more_problems == []
+    assert problems == []
+    assert more_problems == []
     assert len(rows) == len(SMALL) * len(IMPLEMENTATIONS)
     assert all(row.overlaps == 0 and row.sections_per_second > 0 for row in rows)
     assert len(lines) == 2 * len(rows)  # a line before and after each measurement
@@ -29,3 +50,37 @@ def test_contention_scenarios_run_without_overlap() -> None:
     # Waking by notification, not polling: no more commands than without contention.
     assert ours["4 coroutines, 1 name"].commands_per_section < 1.5 * uncontended[OURS]
     assert set(uncontended) == set(IMPLEMENTATIONS)
+
+
+#: The contended pytest-benchmark round: 16 coroutines x 10 sections on one name.
+ROUND = Scenario("16", "16 coroutines, 1 name", 1, 16, 1)
+SECTIONS_EACH = 10
+ROUND_TIME_LIMIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """The URL of a private server on 127.0.0.1, started for this module."""
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("label", list(IMPLEMENTATIONS))
+def test_contended_handoff(benchmark: Benchmark, server_url: str, label: str) -> None:
+    """One round: 16 coroutines take one lock 10 times each; the time is per round."""
+    rounds: list[list[Section]] = []
+
+    def one_round() -> None:
+        tag = f"bench:{secrets.token_hex(3)}"
+        started = time.monotonic()
+        rounds.append(
+            asyncio.run(
+                work(server_url, label, ROUND, tag, 0, started, ROUND_TIME_LIMIT, SECTIONS_EACH)
+            )
+        )
+
+    benchmark.extra_info["sections_per_round"] = ROUND.workers * SECTIONS_EACH
+    benchmark.pedantic(one_round, rounds=3, warmup_rounds=1, iterations=1)
+    for sections in rounds:
+        assert len(sections) == ROUND.workers * SECTIONS_EACH
+        assert overlaps(sections) == 0
