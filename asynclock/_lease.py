@@ -25,6 +25,7 @@ Redlock) covers the two clocks running at slightly different rates.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -43,7 +44,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
-from ._notify import notifier_for
+from ._notify import Waiting, notifier_for
 from ._retry import DEFAULT_RETRY, NoRetry, RetryStrategy
 from ._validate import MAX_KEEP, MIN_TTL, check_optional_seconds, check_seconds
 
@@ -150,8 +151,21 @@ class Resource(Protocol):
         """The pub/sub channels its releases are published on."""
         ...
 
-    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
-        """Try once to take the lease for ``token`` with a ``ttl_ms`` expiry."""
+    async def acquire(
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
+    ) -> Grant:
+        """Try once to take the lease for ``token`` with a ``ttl_ms`` expiry.
+
+        ``waiter`` is the id of the waiting process (its notifier), or ``""``; a
+        resource that keeps a line of waiting processes (to wake only the first at a
+        release) puts it in line when refused, and on success does what ``place``
+        says: ``""`` nothing, ``"leave"`` give up the place, ``"back"`` move it to the
+        back. A resource without a line ignores both.
+        """
+        ...
+
+    async def leave_line(self, client: Any, waiter: str) -> None:
+        """Give up ``waiter``'s place in line (nothing, for a resource without one)."""
         ...
 
     async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
@@ -878,11 +892,24 @@ class LeaseLock:
         wait_scope = asyncio.timeout_at(give_up_at)
         notifier = notifier_for(client) if blocking else None
 
-        async def attempt() -> tuple[Lease | None, Grant]:
+        async def attempt(waiting: Waiting | None = None) -> tuple[Lease | None, Grant]:
             nonlocal token, in_flight
             sent = time.monotonic()
             in_flight = True
-            grant = await resource.acquire(client, token, policy.ttl_ms)
+            if waiting is None:
+                grant = await resource.acquire(client, token, policy.ttl_ms)
+            else:
+                # With the process's id: if refused, it stands in the lock's line,
+                # so that a release wakes it in its turn.
+                place = waiting.place_on_success()
+                try:
+                    grant = await resource.acquire(
+                        client, token, policy.ttl_ms, waiting.notifier.id, place
+                    )
+                except BaseException:
+                    waiting.in_line = True  # it may have been put in line: leave it
+                    raise
+                waiting.tried(grant.acquired, place)
             in_flight = False
             if not grant.acquired:
                 return None, grant
@@ -922,13 +949,14 @@ class LeaseLock:
                 # (a burst of waiters costs one connection, not one each); the others
                 # wait their turn in a queue, in order of arrival. Taking a place costs
                 # no round trip, so the uncontended path is still one script call.
-                async with notifier.queue(resource.channels) as waiting:
+                leave_line = functools.partial(resource.leave_line, client)
+                async with notifier.queue(resource.channels, leave_line) as waiting:
                     if waiting.handed_over and waiting.watching:
                         # The previous waiter of this process holds the lock: wait for
                         # its release (published while we were subscribed).
                         waiting.handed_over = False
                         await waiting.wait(_NOTIFIED_RECHECK)
-                    lease, grant = await attempt()
+                    lease, grant = await attempt(waiting)
                     if lease is not None:
                         waiting.took_it()
                         return lease
@@ -937,7 +965,7 @@ class LeaseLock:
                     await waiting.watch()  # subscribed (confirmed) before the re-check
                     while True:
                         waiting.event.clear()
-                        lease, grant = await attempt()
+                        lease, grant = await attempt(waiting)
                         if lease is not None:
                             waiting.took_it()
                             return lease

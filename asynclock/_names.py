@@ -6,7 +6,11 @@ Each name has two keys that share its hash tag, and so one Redis Cluster slot (s
 - ``<prefix>lock:{<name>}``: the owner key, holding the holder's token, expiring
   after the lease's TTL (``PX``);
 - ``<prefix>fence:{<name>}``: the fence counter, bumped by every acquire of the name
-  and never expiring, which makes fencing tokens strictly increasing per name.
+  and never expiring, which makes fencing tokens strictly increasing per name;
+- ``<prefix>line:{<name>}`` and ``<prefix>line-alive:{<name>}``: the processes
+  waiting for the name, by arrival and by when their place lapses. A release wakes
+  the first of them only; the line never decides who may take the lock (see
+  ``scripts/acquire.lua``), and it goes away when nobody waits.
 
 A lock over several names is all-or-nothing in one script call (nothing is held
 partially, not even for a moment); a ``Mutex`` is the one-name case, so the two
@@ -28,6 +32,11 @@ DEFAULT_PREFIX = "asynclock:"
 #: How long a release is remembered, so that the same release resent by the client
 #: library (after a lost reply) still counts as released. Covers redis-py's retries.
 RELEASE_TOMBSTONE_MS = 30_000
+
+#: How long a waiting process's place in a line lasts unless renewed. A waiter renews
+#: it with every refused try, at least every fallback re-check (a quarter second), so
+#: only a process that crashed or froze loses it.
+PLACE_MS = 2_000
 
 
 def has_hash_tag(name: str) -> bool:
@@ -72,6 +81,11 @@ def fence_key(prefix: str, name: str) -> str:
     return base_key(prefix, "fence", name)
 
 
+def line_keys(prefix: str, name: str) -> tuple[str, str]:
+    """Return the keys of the processes waiting for ``name``: by arrival, by lapse."""
+    return base_key(prefix, "line", name), base_key(prefix, "line-alive", name)
+
+
 @dataclass(frozen=True, slots=True)
 class NamedLocks:
     """The :class:`~asynclock._lease.Resource` of exclusive locks over ``names``."""
@@ -80,12 +94,25 @@ class NamedLocks:
     names: tuple[str, ...]
     owner_keys: tuple[str, ...] = field(init=False)
     acquire_keys: tuple[str, ...] = field(init=False)
+    release_keys: tuple[str, ...] = field(init=False)
+    line_keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         owners = tuple(owner_key(self.prefix, name) for name in self.names)
-        pairs = zip(owners, (fence_key(self.prefix, name) for name in self.names), strict=True)
+        fences = tuple(fence_key(self.prefix, name) for name in self.names)
+        lines = tuple(line_keys(self.prefix, name) for name in self.names)
         object.__setattr__(self, "owner_keys", owners)
-        object.__setattr__(self, "acquire_keys", tuple(key for pair in pairs for key in pair))
+        acquire_keys = tuple(
+            key
+            for owner, fence, line in zip(owners, fences, lines, strict=True)
+            for key in (owner, fence, *line)
+        )
+        object.__setattr__(self, "acquire_keys", acquire_keys)
+        release_keys = tuple(
+            key for owner, line in zip(owners, lines, strict=True) for key in (owner, *line)
+        )
+        object.__setattr__(self, "release_keys", release_keys)
+        object.__setattr__(self, "line_keys", tuple(key for line in lines for key in line))
 
     @property
     def description(self) -> str:
@@ -102,9 +129,16 @@ class NamedLocks:
         """Where releases are published: one channel per name, named like its key."""
         return self.owner_keys
 
-    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
-        """Take every name for ``token`` at once, or report how long the holder has."""
-        reply = await _scripts.ACQUIRE(client, self.acquire_keys, (token, ttl_ms))
+    async def acquire(
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
+    ) -> Grant:
+        """Take every name for ``token`` at once, or report how long the holder has.
+
+        With a ``waiter`` id, a refusal takes (or keeps) that process's place in the
+        line of every name, and success does with it what ``place`` says.
+        """
+        args = (token, ttl_ms, waiter, place, PLACE_MS)
+        reply = await _scripts.ACQUIRE(client, self.acquire_keys, args)
         if int(reply[0]) == 1:
             return Grant(True, tuple(int(fence) for fence in reply[1:]))
         pttl = int(reply[1])
@@ -117,9 +151,16 @@ class NamedLocks:
     async def release(self, client: Any, token: str) -> bool:
         """Delete the names ``token`` holds; report whether it held them all."""
         released = int(
-            await _scripts.RELEASE(client, self.owner_keys, (token, RELEASE_TOMBSTONE_MS))
+            await _scripts.RELEASE(client, self.release_keys, (token, RELEASE_TOMBSTONE_MS))
         )
         return released == len(self.owner_keys)
+
+    async def leave_line(self, client: Any, waiter: str) -> None:
+        """Give up ``waiter``'s place in the line of every name."""
+        async with client.pipeline(transaction=False) as pipe:
+            for key in self.line_keys:
+                pipe.zrem(key, waiter)
+            await pipe.execute()
 
     async def locked(self, client: Any) -> bool:
         """Report whether any of the names is held by anyone."""

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -36,9 +37,18 @@ _CONFIRM_TIMEOUT = 1.0
 class Waiting:
     """A process's local queue for one lock: a FIFO lock, and a wake-up event."""
 
-    def __init__(self, notifier: Notifier, channels: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        channels: tuple[str, ...],
+        leave_line: Callable[[str], Coroutine[Any, Any, None]],
+    ) -> None:
         self.notifier = notifier
         self.channels = channels
+        self.leave_line = leave_line
+        # Whether this process stands in the lock's line in Redis (it was refused
+        # with its id, or moved to the back): it then leaves when its queue empties.
+        self.in_line = False
         self.fifo = asyncio.Lock()
         self.users = 0
         self.event = asyncio.Event()
@@ -46,6 +56,21 @@ class Waiting:
         # Set when a coroutine of this queue has just taken the lock: the next one
         # then knows it is held, and waits for its release without a useless try.
         self.handed_over = False
+
+    def place_on_success(self) -> str:
+        """What an acquire by the head should do with the process's place in line."""
+        if self.users > 1:
+            return "back"  # more of us wait: let the other processes go first
+        return "leave" if self.in_line else ""
+
+    def tried(self, acquired: bool, place: str) -> None:
+        """Note the outcome of a try made with the process's id."""
+        if not acquired:
+            self.in_line = True  # refused: the script put us in line
+        elif place == "back":
+            self.in_line = True
+        elif place == "leave":
+            self.in_line = False
 
     def took_it(self) -> None:
         """Note that a coroutine of this queue has just taken the lock.
@@ -74,6 +99,8 @@ class Notifier:
     """The pub/sub subscriber of one client, shared by every waiter in the process."""
 
     def __init__(self, client: Any) -> None:
+        #: This process's id in the lines of waiters, and in release messages.
+        self.id = secrets.token_hex(8)
         self._pubsub = client.pubsub()
         self._events: dict[str, set[asyncio.Event]] = {}
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -82,11 +109,19 @@ class Notifier:
         self._commands = asyncio.Lock()  # SUBSCRIBE/UNSUBSCRIBE, one at a time
 
     @contextlib.asynccontextmanager
-    async def queue(self, channels: tuple[str, ...]) -> AsyncIterator[Waiting]:
-        """Take a place in this process's queue for the lock, and wait for the head."""
+    async def queue(
+        self,
+        channels: tuple[str, ...],
+        leave_line: Callable[[str], Coroutine[Any, Any, None]],
+    ) -> AsyncIterator[Waiting]:
+        """Take a place in this process's queue for the lock, and wait for the head.
+
+        ``leave_line(id)`` gives up the process's place in the lock's line in Redis;
+        it runs in the background when the queue empties while the process is in line.
+        """
         waiting = self._queues.get(channels)
         if waiting is None:
-            waiting = self._queues[channels] = Waiting(self, channels)
+            waiting = self._queues[channels] = Waiting(self, channels, leave_line)
         waiting.users += 1
         try:
             async with waiting.fifo:
@@ -95,6 +130,10 @@ class Notifier:
             waiting.users -= 1
             if waiting.users == 0:
                 del self._queues[channels]
+                if waiting.in_line:
+                    # In the background: a place left behind only delays the others
+                    # until it lapses, and the caller should not wait for this.
+                    _in_background(waiting.leave_line(self.id))
                 if waiting.watching:
                     await asyncio.shield(self._unwatch(channels, waiting.event))
 
@@ -178,6 +217,11 @@ class Notifier:
                 continue
             kind, channel = _text(message["type"]), _text(message["channel"])
             if kind == "message":
+                # A release names the process first in line, which alone tries at
+                # once; an empty message (nobody in line, or a semaphore) wakes all.
+                addressee = _text(message["data"])
+                if addressee and addressee != self.id:
+                    continue
                 for event in self._events.get(channel, ()):
                     event.set()
             elif kind == "subscribe":
@@ -197,6 +241,23 @@ class Notifier:
                 return False
             await self._pubsub.aclose()  # reconnects by itself at the next SUBSCRIBE
             return True
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` as a task, logging a Redis failure and keeping a reference."""
+
+    async def run() -> None:
+        try:
+            await coro
+        except (RedisError, OSError) as exc:
+            _log.debug("leaving a line of waiters failed: %r", exc)
+
+    task = asyncio.ensure_future(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _text(value: Any) -> str:

@@ -88,8 +88,14 @@ class SemaphorePermits:
         """Where releases are published: named like the sorted set of holders."""
         return (self.keys[0],)
 
-    async def acquire(self, client: Any, token: str, ttl_ms: int) -> Grant:
-        """Take the permits for ``token`` if enough are free."""
+    async def acquire(
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
+    ) -> Grant:
+        """Take the permits for ``token`` if enough are free.
+
+        A semaphore keeps no line of waiters: a release wakes every waiting process,
+        since the permit may suit any of them (``waiter`` and ``place`` are ignored).
+        """
         reply = await _ACQUIRE(client, self.keys, (token, ttl_ms, self.limit, self.permits))
         status, value = int(reply[0]), int(reply[1])
         if status == 1:
@@ -105,6 +111,9 @@ class SemaphorePermits:
     async def release(self, client: Any, token: str) -> bool:
         """Give the permits back; report whether the holder was still live."""
         return int(await _RELEASE(client, self.keys[:2], (token, RELEASE_TOMBSTONE_MS))) == 1
+
+    async def leave_line(self, client: Any, waiter: str) -> None:
+        """Nothing to do: a semaphore keeps no line of waiters."""
 
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""

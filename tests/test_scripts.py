@@ -7,14 +7,15 @@ import time
 import redis.asyncio as redis
 
 from asynclock import _scripts
-from asynclock._names import NamedLocks, fence_key, owner_key
+from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
 
 P = "asynclock:"
+RELEASE_KEYS = NamedLocks(P, ("a",)).release_keys
 
 
 async def test_acquire_sets_token_with_expiry_and_returns_a_fence(client: redis.Redis) -> None:
     before_us = int(time.time() * 1_000_000)
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     reply = await _scripts.ACQUIRE(client, keys, ("tok", 5000))
     assert reply[0] == 1
     assert await client.get(owner_key(P, "a")) == b"tok"
@@ -27,7 +28,7 @@ async def test_acquire_sets_token_with_expiry_and_returns_a_fence(client: redis.
 async def test_acquire_refuses_another_token_and_reports_the_holders_ttl(
     client: redis.Redis,
 ) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     await _scripts.ACQUIRE(client, keys, ("one", 3000))
     reply = await _scripts.ACQUIRE(client, keys, ("two", 3000))
     assert reply[0] == 0
@@ -38,7 +39,7 @@ async def test_acquire_refuses_another_token_and_reports_the_holders_ttl(
 async def test_acquire_again_with_the_same_token_returns_the_same_fence(
     client: redis.Redis,
 ) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     first = await _scripts.ACQUIRE(client, keys, ("tok", 1000))
     again = await _scripts.ACQUIRE(client, keys, ("tok", 9000))
     assert again == first
@@ -46,17 +47,17 @@ async def test_acquire_again_with_the_same_token_returns_the_same_fence(
 
 
 async def test_fences_increase_across_holders(client: redis.Redis) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     fences = []
     for n in range(5):
         reply = await _scripts.ACQUIRE(client, keys, (f"t{n}", 1000))
         fences.append(reply[1])
-        assert await _scripts.RELEASE(client, keys[:1], (f"t{n}", 1000)) == 1
+        assert await _scripts.RELEASE(client, RELEASE_KEYS, (f"t{n}", 1000)) == 1
     assert fences == sorted(set(fences))
 
 
 async def test_fences_keep_increasing_when_the_server_lost_its_data(client: redis.Redis) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     before = (await _scripts.ACQUIRE(client, keys, ("t1", 1000)))[1]
     await client.flushdb()  # what a restart without persistence does
     after = (await _scripts.ACQUIRE(client, keys, ("t2", 1000)))[1]
@@ -64,9 +65,9 @@ async def test_fences_keep_increasing_when_the_server_lost_its_data(client: redi
 
 
 async def test_fences_keep_increasing_when_the_counter_went_back(client: redis.Redis) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     before = (await _scripts.ACQUIRE(client, keys, ("t1", 1000)))[1]
-    await _scripts.RELEASE(client, keys[:1], ("t1", 1000))
+    await _scripts.RELEASE(client, RELEASE_KEYS, ("t1", 1000))
     # A replica promoted before it received the latest increments.
     await client.set(fence_key(P, "a"), 5)
     after = (await _scripts.ACQUIRE(client, keys, ("t2", 1000)))[1]
@@ -74,11 +75,11 @@ async def test_fences_keep_increasing_when_the_counter_went_back(client: redis.R
 
 
 async def test_a_resent_release_still_counts_as_released(client: redis.Redis) -> None:
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     await _scripts.ACQUIRE(client, keys, ("tok", 5000))
-    assert await _scripts.RELEASE(client, keys[:1], ("tok", 1000)) == 1
-    assert await _scripts.RELEASE(client, keys[:1], ("tok", 1000)) == 1  # the same, resent
-    assert await _scripts.RELEASE(client, keys[:1], ("other", 1000)) == 0
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == 1
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == 1  # the same, resent
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("other", 1000)) == 0
     assert await client.exists(owner_key(P, "a")) == 0
     assert 0 < await client.pttl(f"{owner_key(P, 'a')}:released:tok") <= 1000
 
@@ -122,7 +123,7 @@ async def test_extend_over_several_names_changes_nothing_unless_all_are_ours(
 async def test_release_deletes_only_our_keys(client: redis.Redis) -> None:
     await client.set(owner_key(P, "a"), "tok", px=5000)
     await client.set(owner_key(P, "b"), "other", px=5000)
-    keys = (owner_key(P, "a"), owner_key(P, "b"))
+    keys = NamedLocks(P, ("a", "b")).release_keys
     assert await _scripts.RELEASE(client, keys, ("tok", 1000)) == 1
     assert await client.exists(owner_key(P, "a")) == 0
     assert await client.get(owner_key(P, "b")) == b"other"
@@ -131,6 +132,64 @@ async def test_release_deletes_only_our_keys(client: redis.Redis) -> None:
 
 async def test_scripts_reload_after_the_server_forgot_them(client: redis.Redis) -> None:
     await client.script_flush()
-    keys = (owner_key(P, "a"), fence_key(P, "a"))
+    keys = NamedLocks(P, ("a",)).acquire_keys
     assert (await _scripts.ACQUIRE(client, keys, ("tok", 1000)))[0] == 1
     assert await client.script_exists(_scripts.ACQUIRE.sha) == [True]
+
+
+async def test_a_refused_waiter_stands_in_line_and_the_release_names_the_first(
+    client: redis.Redis,
+) -> None:
+    lock = NamedLocks(P, ("a",))
+    assert (await lock.acquire(client, "holder", 5000)).acquired
+    for waiter in ("p1", "p2", "p3"):
+        assert not (await lock.acquire(client, f"tok-{waiter}", 5000, waiter)).acquired
+    # A refused try again keeps the place: p1 is still first.
+    assert not (await lock.acquire(client, "tok-p1", 5000, "p1")).acquired
+    line, alive = line_keys(P, "a")
+    assert await client.zrange(line, 0, -1) == [b"p1", b"p2", b"p3"]
+    assert 0 < await client.pttl(line) <= PLACE_MS
+    pubsub = client.pubsub()
+    await pubsub.subscribe(owner_key(P, "a"))
+    assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+    assert await lock.release(client, "holder")
+    assert (await pubsub.get_message(timeout=2))["data"] == b"p1"
+    # p1 takes it with more of its coroutines waiting: it goes to the back.
+    assert (await lock.acquire(client, "tok-p1", 5000, "p1", "back")).acquired
+    assert await client.zrange(line, 0, -1) == [b"p2", b"p3", b"p1"]
+    assert await lock.release(client, "tok-p1")
+    assert (await pubsub.get_message(timeout=2))["data"] == b"p2"
+    # p2 takes it and nobody else of its own waits: it leaves the line.
+    assert (await lock.acquire(client, "tok-p2", 5000, "p2", "leave")).acquired
+    assert await client.zrange(line, 0, -1) == [b"p3", b"p1"]
+    # p3 crashed: once its place lapses, the release names the next one.
+    await client.zadd(alive, {"p3": 0})
+    assert await lock.release(client, "tok-p2")
+    assert (await pubsub.get_message(timeout=2))["data"] == b"p1"
+    assert await client.zrange(line, 0, -1) == [b"p1"]
+    await lock.leave_line(client, "p1")
+    assert await client.exists(line, alive) == 0  # an empty line is no key at all
+    await pubsub.aclose()
+
+
+async def test_the_line_decides_whom_to_wake_never_who_may_take(client: redis.Redis) -> None:
+    lock = NamedLocks(P, ("a",))
+    assert (await lock.acquire(client, "holder", 5000)).acquired
+    assert not (await lock.acquire(client, "tok-p1", 5000, "p1")).acquired
+    assert await lock.release(client, "holder")
+    # Someone not in line (a non-blocking try) may take the free lock all the same.
+    assert (await lock.acquire(client, "newcomer", 5000)).acquired
+
+
+async def test_an_uncontended_release_publishes_to_everyone_and_makes_no_line(
+    client: redis.Redis,
+) -> None:
+    lock = NamedLocks(P, ("a",))
+    pubsub = client.pubsub()
+    await pubsub.subscribe(owner_key(P, "a"))
+    assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+    assert (await lock.acquire(client, "tok", 5000, "p1")).acquired
+    assert await lock.release(client, "tok")
+    assert (await pubsub.get_message(timeout=2))["data"] == b""
+    assert await client.exists(*line_keys(P, "a")) == 0
+    await pubsub.aclose()

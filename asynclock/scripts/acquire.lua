@@ -1,28 +1,80 @@
 -- Acquire every name of a lock at once, or none of them.
 --
--- KEYS: for each name, its owner key then its fence key:
---       KEYS[2i-1] = owner key (a string holding the holder's token, with a PX expiry)
---       KEYS[2i]   = fence key (a counter that never expires)
+-- KEYS: four keys per name, for name i (from 0) at KEYS[4i+1 .. 4i+4]:
+--       owner key (a string holding the holder's token, with a PX expiry),
+--       fence key (a counter that never expires),
+--       line key (waiting processes by arrival: a sorted set scored by the server
+--       clock in microseconds), alive key (the same processes by the time, in
+--       milliseconds, at which their place lapses unless renewed)
 -- ARGV[1]: the caller's token (random, unguessable)
 -- ARGV[2]: the lease time to live, in milliseconds
+-- ARGV[3]: the waiting process's id, or '' (not waiting in line)
+-- ARGV[4]: on success, what becomes of the process's place in line:
+--          '' nothing, 'leave' give it up, 'back' move it to the back (more
+--          coroutines of the process wait for this lock)
+-- ARGV[5]: how long a place in line lasts unless renewed, in milliseconds
 --
 -- Returns {1, fence_1, ..., fence_n} when the caller now holds every name, or
 --         {0, pttl} when some name is held by another token; pttl is the time in
 --         milliseconds until that holder's lease runs out (-1: unknown, or a token
---         that was already released).
+--         that was already released). A refused caller with an id takes (or renews)
+--         a place in the line of every name.
+--
+-- The line decides only whom a release wakes first (see release.lua), never who
+-- may take the lock: a waiter that crashed costs the others at most their fallback
+-- re-check, and its place lapses on its own.
 --
 -- A name already holding ARGV[1] counts as ours: a retried acquire whose first try
 -- reached the server (its reply lost) gets the same lease back, with a fresh TTL and
 -- the fence it was given then, rather than blocking on itself.
 local token = ARGV[1]
 local ttl = ARGV[2]
+local waiter = ARGV[3] or ''
+local place = ARGV[4] or ''
+local place_ms = tonumber(ARGV[5] or '0')
+
+local now_us = nil
+local function clock_us()
+  if not now_us then
+    local now = redis.call('TIME')
+    now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  end
+  return now_us
+end
+
+local function lapse_at()
+  return string.format('%.0f', math.floor(clock_us() / 1000) + place_ms)
+end
+
+-- Keep (or take) the process's place in every name's line; the lines themselves
+-- go when nobody has renewed a place for place_ms.
+local function stand_in_lines()
+  for i = 1, #KEYS, 4 do
+    local line, alive = KEYS[i + 2], KEYS[i + 3]
+    redis.call('ZADD', line, 'NX', string.format('%.0f', clock_us()), waiter)
+    redis.call('ZADD', alive, lapse_at(), waiter)
+    redis.call('PEXPIRE', line, place_ms)
+    redis.call('PEXPIRE', alive, place_ms)
+  end
+end
+
+local function stand_at_back(line, alive)
+  redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
+  if redis.call('ZADD', alive, lapse_at(), waiter) == 1 then
+    -- A new place (or a new line): make sure the line goes once nobody renews it.
+    redis.call('PEXPIRE', line, place_ms)
+    redis.call('PEXPIRE', alive, place_ms)
+  end
+end
 
 local ours = {}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 4 do
   local owner = redis.call('GET', KEYS[i])
   if owner then
     if owner ~= token then
-      -- Checked first, so that a waiter's failed try costs two reads and no clock.
+      if waiter ~= '' then
+        stand_in_lines()
+      end
       return {0, redis.call('PTTL', KEYS[i])}
     end
     ours[i] = true
@@ -37,19 +89,17 @@ end
 -- server clock in microseconds. So tokens keep increasing even where the counter
 -- went back: a restart without persistence, a restart from an older snapshot, a
 -- failover to a replica that had not received the latest increments.
-local now = redis.call('TIME')
-local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local function next_fence(fence_key)
   local fence = redis.call('INCR', fence_key)
-  if fence < now_us then
-    fence = now_us
+  if fence < clock_us() then
+    fence = clock_us()
     redis.call('SET', fence_key, string.format('%.0f', fence))
   end
   return fence
 end
 
 local granted = {1}
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 4 do
   local fence_key = KEYS[i + 1]
   if ours[i] then
     redis.call('PEXPIRE', KEYS[i], ttl)
@@ -57,6 +107,13 @@ for i = 1, #KEYS, 2 do
   else
     redis.call('SET', KEYS[i], token, 'PX', ttl)
     granted[#granted + 1] = next_fence(fence_key)
+  end
+  if place == 'back' then
+    -- To the back of the line: the processes already waiting go first.
+    stand_at_back(KEYS[i + 2], KEYS[i + 3])
+  elseif place == 'leave' then
+    redis.call('ZREM', KEYS[i + 2], waiter)
+    redis.call('ZREM', KEYS[i + 3], waiter)
   end
 end
 return granted

@@ -1,12 +1,18 @@
 -- Delete the owner keys that still hold the caller's token; leave any other alone.
 --
--- KEYS: the owner keys of the lease's names
+-- KEYS: three keys per name, for name i (from 0) at KEYS[3i+1 .. 3i+3]: its owner
+--       key, line key and alive key (see acquire.lua)
 -- ARGV[1]: the caller's token
 -- ARGV[2]: how long, in milliseconds, to remember that the token released them
 --
--- Returns how many keys held ARGV[1] and were released (now, or by an earlier call
--- with the same token). Fewer than #KEYS means the lease was (at least partly) lost
--- before the release: expired, or deleted by someone.
+-- Returns how many names held ARGV[1] and were released (now, or by an earlier call
+-- with the same token). Fewer than #KEYS / 3 means the lease was (at least partly)
+-- lost before the release: expired, or deleted by someone.
+--
+-- Each released name is published on a channel named like its owner key. The message
+-- is the id of the process first in that name's line, whose place has not lapsed
+-- (only that process tries at once; the others wait their turn, or their fallback
+-- re-check), or '' when nobody stands in line (every waiter tries).
 --
 -- Each key gets a short-lived tombstone, `<owner key>:released:<token>`, so that the
 -- same release sent again (a client library that resends a command whose reply it
@@ -16,12 +22,27 @@
 -- happened, in whatever order the two reach the server.
 local token = ARGV[1]
 local released = 0
-for i = 1, #KEYS do
-  local tombstone = KEYS[i] .. ':released:' .. token
-  if redis.call('GET', KEYS[i]) == token then
-    redis.call('DEL', KEYS[i])
-    -- Wake the waiters of this name (the channel is named like the key).
-    redis.call('PUBLISH', KEYS[i], '')
+
+local function first_in_line(line, alive)
+  if redis.call('EXISTS', alive) == 0 then
+    return ''
+  end
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local lapsed = redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)
+  for _, gone in ipairs(lapsed) do
+    redis.call('ZREM', line, gone)
+    redis.call('ZREM', alive, gone)
+  end
+  return redis.call('ZRANGE', line, 0, 0)[1] or ''
+end
+
+for i = 1, #KEYS, 3 do
+  local owner = KEYS[i]
+  local tombstone = owner .. ':released:' .. token
+  if redis.call('GET', owner) == token then
+    redis.call('DEL', owner)
+    redis.call('PUBLISH', owner, first_in_line(KEYS[i + 1], KEYS[i + 2]))
     released = released + 1
   elseif redis.call('EXISTS', tombstone) == 1 then
     released = released + 1
