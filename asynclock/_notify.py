@@ -11,6 +11,14 @@ and its subscription is never missed. Messages are at most once (a reconnect los
 some): the head keeps a bounded fallback re-check, so a lost message costs latency,
 never a hang.
 
+Across processes, a release wakes one process, not all: a refused waiter puts its
+process (this notifier's id) in the lock's line in Redis, and the release publishes
+the id of the first process in line whose place has not lapsed, or an empty message
+(wake everyone) when nobody stands in line. Other processes ignore a message naming
+someone else and wait for their turn, or for their fallback re-check: the line only
+orders wake-ups, so a frozen or crashed process first in line costs the others a
+re-check, and its place lapses within two seconds.
+
 Clients without a usable pub/sub poll instead: Redis Cluster clients (whose pub/sub
 needs a node per channel), and clients whose pool holds a single connection, which
 the subscriber would take from the waiters.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 import redis.asyncio as redis
 
 from asynclock import LinearBackoff, Mutex, Semaphore
+from asynclock import _lease as lease_module
+from asynclock._names import line_keys
+from asynclock._notify import Notifier
 
 from .conftest import owner_key
 
@@ -140,3 +144,102 @@ async def test_a_pool_of_one_connection_still_waits(redis_url: str) -> None:
     await holder.release()
     assert await asyncio.wait_for(waiter, 5)  # by polling: no connection for a subscriber
     await single.aclose()
+
+
+@pytest.fixture
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fallback re-check within a test: only a notification can wake a waiter."""
+    monkeypatch.setattr(lease_module, "_NOTIFIED_RECHECK", 30.0)
+
+
+@pytest.mark.usefixtures("no_fallback")
+async def test_a_release_between_a_failed_try_and_the_subscription_is_not_missed(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder = Mutex(client, "race", ttl=30)
+    await holder.acquire()
+    lease = holder.lease
+    assert lease is not None
+    watch = Notifier._watch
+
+    async def release_first(
+        self: Notifier, channels: tuple[str, ...], event: asyncio.Event
+    ) -> None:
+        if lease.owned:
+            await lease.release()  # published before anyone listens
+        await watch(self, channels, event)
+
+    monkeypatch.setattr(Notifier, "_watch", release_first)
+    # The re-check after subscribing finds the lock free; no 30 s fallback needed.
+    assert await asyncio.wait_for(Mutex(client, "race", ttl=30).acquire(), 5)
+
+
+@pytest.mark.usefixtures("no_fallback")
+async def test_the_waiters_recheck_when_the_notification_connection_comes_back(
+    client: redis.Redis,
+) -> None:
+    holder = Mutex(client, "x", ttl=30)
+    await holder.acquire()
+    waiter = asyncio.create_task(Mutex(client, "x", ttl=30, retry=SLOW_POLL).acquire())
+    await asyncio.sleep(0.2)
+    await client.client_kill_filter(_type="pubsub")
+    await holder.release()  # published while the subscriber is gone
+    # redis-py reconnects and resubscribes; the confirmation wakes the waiter.
+    assert await asyncio.wait_for(waiter, 5)
+
+
+async def test_processes_are_woken_in_their_order_of_arrival(redis_url: str) -> None:
+    # Separate clients stand for separate processes: each has its own notifier.
+    clients = [redis.Redis.from_url(redis_url) for _ in range(4)]
+    holder = Mutex(clients[0], "line", ttl=30)
+    await holder.acquire()
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        async with Mutex(clients[n], "line", ttl=30, timeout=20):
+            order.append(n)
+            await asyncio.sleep(0.01)
+
+    tasks = []
+    for n in (3, 1, 2):
+        tasks.append(asyncio.create_task(waiter(n)))
+        await asyncio.sleep(0.1)  # refused, and so in line, before the next arrives
+    line, _ = line_keys("asynclock:", "line")
+    assert len(await clients[0].zrange(line, 0, -1)) == 3
+    await holder.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert order == [3, 1, 2]
+    await asyncio.sleep(0.1)  # the last waiter left the line in the background
+    assert await clients[0].exists(line) == 0
+    for each in clients:
+        await each.aclose()
+
+
+async def test_a_frozen_process_first_in_line_delays_the_others_by_a_recheck_only(
+    client: redis.Redis,
+) -> None:
+    holder = Mutex(client, "x", ttl=30)
+    await holder.acquire()
+    waiter = asyncio.create_task(Mutex(client, "x", ttl=30, retry=SLOW_POLL).acquire())
+    await asyncio.sleep(0.2)
+    # A process that froze while first in line: its place has not lapsed yet.
+    line, alive = line_keys("asynclock:", "x")
+    await client.zadd(line, {"frozen": 0})
+    await client.zadd(alive, {"frozen": 2**52})
+    released = time.monotonic()
+    await holder.release()  # wakes "frozen", which does not answer
+    assert await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - released < 2.0  # the 0.25 s fallback, not the 5 s poll
+
+
+async def test_a_waiter_that_gives_up_leaves_the_line(client: redis.Redis) -> None:
+    holder = Mutex(client, "x", ttl=30)
+    await holder.acquire()
+    assert not await Mutex(client, "x", ttl=30).acquire(timeout=0.3)
+    line, alive = line_keys("asynclock:", "x")
+    for _ in range(100):
+        if not await client.exists(line, alive):
+            break
+        await asyncio.sleep(0.01)
+    assert await client.exists(line, alive) == 0
+    await holder.release()
