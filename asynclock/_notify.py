@@ -3,9 +3,9 @@
 One :class:`Notifier` per client multiplexes every name and every waiting coroutine
 of the process onto one pub/sub connection. Coroutines of one process that want the
 same lock queue locally (FIFO), so that one of them at a time talks to Redis; while
-the queue is not empty its lock's channels stay subscribed, and when it empties they
-are unsubscribed (the connection goes back to the pool after a second without
-any). The head of the queue subscribes, and waits for the server's
+the queue is not empty its lock's channels stay subscribed, and about a second
+after it empties they are unsubscribed (and the connection goes back to the pool
+after another second without any). The head of the queue subscribes, and waits for the server's
 confirmation, *before* it tries the lock again, so a release between its failed try
 and its subscription is never missed. Messages are at most once (a reconnect loses
 some): the head keeps a bounded fallback re-check, so a lost message costs latency,
@@ -40,6 +40,9 @@ _log = logging.getLogger("asynclock")
 
 # The longest the head of a queue waits for the server to confirm its subscription.
 _CONFIRM_TIMEOUT = 1.0
+# How often the reader unsubscribes from channels nobody waits on (seconds); after
+# this long without any message and without waiters, the connection goes back too.
+_SWEEP_INTERVAL = 1.0
 
 
 class Waiting:
@@ -104,17 +107,30 @@ class Waiting:
 
 
 class Notifier:
-    """The pub/sub subscriber of one client, shared by every waiter in the process."""
+    """The pub/sub subscriber of one client, shared by every waiter in the process.
+
+    Subscriptions follow the waiters lazily: a channel is subscribed when a waiter
+    first needs it (concurrent needs are sent as one ``SUBSCRIBE``), and unsubscribed
+    by the reader's sweep once nobody has waited on it for about a second, so that a
+    busy lock does not pay a ``SUBSCRIBE``/``UNSUBSCRIBE`` pair at every hand-over.
+    """
 
     def __init__(self, client: Any) -> None:
         #: This process's id in the lines of waiters, and in release messages.
         self.id = secrets.token_hex(8)
         self._pubsub = client.pubsub()
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[asyncio.Event]] = {}  # the channels wanted now
+        self._subscribed: set[str] = set()  # SUBSCRIBE sent, no UNSUBSCRIBE since
+        self._confirmed: set[str] = set()  # ... and confirmed by the server
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._queues: dict[tuple[str, ...], Waiting] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._commands = asyncio.Lock()  # SUBSCRIBE/UNSUBSCRIBE, one at a time
+        self._to_subscribe: list[str] = []
+        self._sender: asyncio.Task[None] | None = None
+        # Orders the commands that change subscriptions, and connecting: taken only
+        # when there is something to send, never by a waiter whose channel is known.
+        self._commands = asyncio.Lock()
+        self._next_sweep = 0.0
 
     @contextlib.asynccontextmanager
     async def queue(
@@ -143,46 +159,53 @@ class Notifier:
                     # until it lapses, and the caller should not wait for this.
                     _in_background(waiting.leave_line(self.id))
                 if waiting.watching:
-                    await asyncio.shield(self._unwatch(channels, waiting.event))
+                    self._unwatch(channels, waiting.event)
 
     async def _watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
-        new = []
-        pending = []  # confirmations of channels another waiter is subscribing to
-        for channel in channels:
-            events = self._events.setdefault(channel, set())
-            if not events:
-                new.append(channel)
-            elif channel in self._confirmations:
-                pending.append(self._confirmations[channel])
-            events.add(event)
+        """Have ``event`` set by releases on ``channels``, once the server confirms."""
         loop = asyncio.get_running_loop()
-        confirmations = []
-        for channel in new:
-            confirmation = self._confirmations[channel] = loop.create_future()
-            confirmations.append(confirmation)
+        unconfirmed = []
+        for channel in channels:
+            self._events.setdefault(channel, set()).add(event)
+            if channel not in self._confirmed:
+                confirmation = self._confirmations.get(channel)
+                if confirmation is None:
+                    confirmation = self._confirmations[channel] = loop.create_future()
+                unconfirmed.append(confirmation)
+        # Marked at once, so that concurrent waiters do not ask again; one task sends
+        # everything asked for meanwhile as one SUBSCRIBE.
+        new = [channel for channel in channels if channel not in self._subscribed]
+        if new:
+            self._subscribed.update(new)
+            self._to_subscribe.extend(new)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.ensure_future(self._send_subscriptions())
         try:
-            if new:
-                async with self._commands:
-                    await self._pubsub.subscribe(*new)
-                if self._reader is None or self._reader.done():
-                    self._reader = asyncio.ensure_future(self._read())
             # Bounded: without a confirmation the head still re-checks by polling.
-            if confirmations or pending:
-                await asyncio.wait([*confirmations, *pending], timeout=_CONFIRM_TIMEOUT)
-        except (RedisError, OSError) as exc:
-            _log.debug("subscribing to %s failed: %r", new, exc)
+            if unconfirmed:
+                await asyncio.wait(unconfirmed, timeout=_CONFIRM_TIMEOUT)
         except BaseException:
-            # Cancelled halfway: take the registration back, so that a later waiter
-            # subscribes for real instead of trusting a subscription never made.
-            await asyncio.shield(self._unwatch(channels, event))
+            self._unwatch(channels, event)
             raise
-        finally:
-            for channel, confirmation in zip(new, confirmations, strict=True):
-                if self._confirmations.get(channel) is confirmation:
-                    del self._confirmations[channel]
 
-    async def _unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
-        gone = []
+    async def _send_subscriptions(self) -> None:
+        """Subscribe to every channel asked for, in batches; start the reader."""
+        while self._to_subscribe:
+            batch, self._to_subscribe = self._to_subscribe, []
+            try:
+                async with self._commands:
+                    await self._pubsub.subscribe(*batch)
+            except (RedisError, OSError) as exc:
+                # The waiters re-check by polling; the next one to wait asks again.
+                _log.debug("subscribing to %s failed: %r", batch, exc)
+                self._subscribed.difference_update(batch)
+                continue
+            if self._reader is None or self._reader.done():
+                self._next_sweep = asyncio.get_running_loop().time() + _SWEEP_INTERVAL
+                self._reader = asyncio.ensure_future(self._read())
+
+    def _unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        """Stop setting ``event``; the reader's sweep unsubscribes unwanted channels."""
         for channel in channels:
             events = self._events.get(channel)
             if events is None:
@@ -190,36 +213,44 @@ class Notifier:
             events.discard(event)
             if not events:
                 del self._events[channel]
-                gone.append(channel)
-        if not gone:
+
+    async def _sweep(self) -> None:
+        """Unsubscribe from the channels nobody waits on any more."""
+        unwanted = [channel for channel in self._subscribed if channel not in self._events]
+        if not unwanted:
             return
+        # Unmarked before sending: a waiter needing one of them again subscribes anew
+        # (after this, in lock order) and waits for the new confirmation.
+        self._subscribed.difference_update(unwanted)
+        self._confirmed.difference_update(unwanted)
         try:
             async with self._commands:
-                await self._pubsub.unsubscribe(*gone)
+                await self._pubsub.unsubscribe(*unwanted)
         except (RedisError, OSError) as exc:
-            _log.debug("unsubscribing from %s failed: %r", gone, exc)
+            _log.debug("unsubscribing from %s failed: %r", unwanted, exc)
 
     async def _read(self) -> None:
         """Deliver messages to the waiting heads until nothing is subscribed."""
+        loop = asyncio.get_running_loop()
         while True:
+            if loop.time() >= self._next_sweep:
+                self._next_sweep = loop.time() + _SWEEP_INTERVAL
+                await self._sweep()
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                message = await self._pubsub.get_message(timeout=_SWEEP_INTERVAL)
             except (RedisError, OSError) as exc:
-                # The connection broke; redis-py resubscribes when it reconnects. Wake
-                # everyone, so that they re-check instead of waiting for a lost message.
-                # redis-py resubscribes when it reconnects; the waiters are woken then
-                # (messages may have been lost meanwhile), not now, while the server
-                # may still be down.
+                # The connection broke. redis-py resubscribes when it reconnects; the
+                # waiters are woken then (messages may have been lost meanwhile), not
+                # now, while the server may still be down.
                 _log.debug("the notification connection failed: %r", exc)
+                self._confirmed.clear()
                 if await self._close_if_idle():
                     return
                 await asyncio.sleep(0.05)
                 continue
             if message is None:
                 # A second without traffic and nobody waiting: give the connection
-                # back. Not at once when the last channel goes, since with many
-                # names that happens all the time, and reconnecting costs more than
-                # it saves. The next watch starts a reader again.
+                # back. The next watch starts a reader again.
                 if not self._events and await self._close_if_idle():
                     return
                 continue
@@ -233,10 +264,12 @@ class Notifier:
                 for event in self._events.get(channel, ()):
                     event.set()
             elif kind == "subscribe":
-                confirmation = self._confirmations.get(channel)
-                if confirmation is not None and not confirmation.done():
-                    confirmation.set_result(None)
-                elif confirmation is None:
+                self._confirmed.add(channel)
+                confirmation = self._confirmations.pop(channel, None)
+                if confirmation is not None:
+                    if not confirmation.done():
+                        confirmation.set_result(None)
+                else:
                     # A resubscription after a reconnect: a release may have been
                     # published while the connection was down, so re-check now.
                     for event in self._events.get(channel, ()):
@@ -248,6 +281,11 @@ class Notifier:
             if self._events:
                 return False
             await self._pubsub.aclose()  # reconnects by itself at the next SUBSCRIBE
+            self._subscribed.clear()
+            self._confirmed.clear()
+            for confirmation in self._confirmations.values():
+                confirmation.cancel()
+            self._confirmations.clear()
             return True
 
 
