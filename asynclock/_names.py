@@ -140,7 +140,7 @@ class NamedLocks:
         args = (token, ttl_ms, waiter, place, PLACE_MS)
         reply = await _scripts.ACQUIRE(client, self.acquire_keys, args)
         if int(reply[0]) == 1:
-            return Grant(True, tuple(int(fence) for fence in reply[1:]))
+            return Grant(True, tuple(map(int, reply[1:])))
         pttl = int(reply[1])
         return Grant(False, (), retry_after=pttl / 1000 if pttl > 0 else None)
 

@@ -10,6 +10,7 @@ import pytest
 from asynclock._lease import (
     LeasePolicy,
     _complete_despite_cancel,
+    _within,
     drift_allowance,
     extension_retry_pause,
     lease_deadline,
@@ -80,3 +81,31 @@ async def test_complete_despite_cancel_returns_the_result() -> None:
         return 7
 
     assert await _complete_despite_cancel(work()) == 7
+
+
+async def test_within_times_out_with_timeout_error_and_leaves_no_cancel_behind() -> None:
+    with pytest.raises(TimeoutError):
+        await _within(asyncio.sleep(10), 0.02)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0.01)  # no stray cancellation arrives later
+    assert await _within(asyncio.sleep(0, result="done"), 1.0) == "done"
+
+
+async def test_within_lets_a_cancellation_from_elsewhere_through() -> None:
+    async def victim() -> None:
+        await _within(asyncio.sleep(10), 5.0)
+
+    task = asyncio.create_task(victim())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_within_inside_an_outer_timeout_reports_the_outer_one() -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02) as outer:
+            await _within(asyncio.sleep(10), 5.0)
+    assert outer.expired()
