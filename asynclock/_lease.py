@@ -980,10 +980,11 @@ class LeaseLock:
             # no round trip, so the uncontended path is still one script call.
             leave_line = functools.partial(resource.leave_line, client)
             async with notifier.queue(resource.channels, leave_line) as waiting:
-                if waiting.handed_over and waiting.watching:
+                handed_over, waiting.handed_over = waiting.handed_over, False
+                if handed_over and waiting.watching and waiting.in_line:
                     # The previous waiter of this process holds the lock: wait for
-                    # its release (published while we were subscribed).
-                    waiting.handed_over = False
+                    # its release (published while we were subscribed and, the
+                    # process being in the lock's line, published at all).
                     await waiting.wait(_NOTIFIED_RECHECK)
                 lease, grant = await attempt(waiting)
                 if lease is not None:

@@ -9,10 +9,11 @@
 -- with the same token). Fewer than #KEYS / 3 means the lease was (at least partly)
 -- lost before the release: expired, or deleted by someone.
 --
--- Each released name is published on a channel named like its owner key. The message
--- is the id of the process first in that name's line, whose place has not lapsed
--- (only that process tries at once; the others wait their turn, or their fallback
--- re-check), or '' when nobody stands in line (every waiter tries).
+-- Each released name is published on a channel named like its owner key, when
+-- anyone stands in its line: every waiter that waits for a notification does (see
+-- acquire.lua). The message is the id of the first process in line whose place has
+-- not lapsed (only that process tries at once; the others wait their turn, or their
+-- fallback re-check), or '' when every place has lapsed (all listeners try).
 --
 -- Each key gets a short-lived tombstone, `<owner key>:released:<token>`, so that the
 -- same release sent again (a client library that resends a command whose reply it
@@ -24,9 +25,6 @@ local token = ARGV[1]
 local released = 0
 
 local function first_in_line(line, alive)
-  if redis.call('EXISTS', alive) == 0 then
-    return ''
-  end
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local lapsed = redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)
@@ -42,7 +40,9 @@ for i = 1, #KEYS, 3 do
   local tombstone = owner .. ':released:' .. token
   if redis.call('GET', owner) == token then
     redis.call('DEL', owner)
-    redis.call('PUBLISH', owner, first_in_line(KEYS[i + 1], KEYS[i + 2]))
+    if redis.call('EXISTS', KEYS[i + 2]) == 1 then
+      redis.call('PUBLISH', owner, first_in_line(KEYS[i + 1], KEYS[i + 2]))
+    end
     released = released + 1
   elseif redis.call('EXISTS', tombstone) == 1 then
     released = released + 1
