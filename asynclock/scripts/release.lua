@@ -24,14 +24,24 @@
 local token = ARGV[1]
 local released = 0
 
+-- The first process in line whose place has not lapsed ('' when every place has),
+-- or nil when nobody stands in line. Lapsed places are dropped on the way.
 local function first_in_line(line, alive)
+  local first = redis.call('ZRANGE', line, 0, 0)[1]
+  if not first then
+    return nil
+  end
   local now = redis.call('TIME')
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  local lapsed = redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)
-  for _, gone in ipairs(lapsed) do
+  local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
+  if lapse > now_ms then
+    return first
+  end
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do
     redis.call('ZREM', line, gone)
     redis.call('ZREM', alive, gone)
   end
+  redis.call('ZREM', line, first)  -- in case its place was already gone
   return redis.call('ZRANGE', line, 0, 0)[1] or ''
 end
 
@@ -40,8 +50,9 @@ for i = 1, #KEYS, 3 do
   local tombstone = owner .. ':released:' .. token
   if redis.call('GET', owner) == token then
     redis.call('DEL', owner)
-    if redis.call('EXISTS', KEYS[i + 2]) == 1 then
-      redis.call('PUBLISH', owner, first_in_line(KEYS[i + 1], KEYS[i + 2]))
+    local first = first_in_line(KEYS[i + 1], KEYS[i + 2])
+    if first then
+      redis.call('PUBLISH', owner, first)
     end
     released = released + 1
   elseif redis.call('EXISTS', tombstone) == 1 then
