@@ -44,7 +44,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from . import _events
 from ._errors import LockBackendError, LockError, LockLost, LockNotAcquired, LockNotOwned
-from ._notify import Waiting, notifier_for
+from ._notify import Waiting, notifier_for, waiting_for
 from ._retry import DEFAULT_RETRY, RetryStrategy
 from ._validate import MAX_KEEP, MIN_TTL, check_optional_seconds, check_seconds
 
@@ -71,6 +71,10 @@ _NOTIFIED_RECHECK: Final = 0.25
 # The longest a release may take before it is given up (the lease then expires on its
 # own). Bounded so that a dead server cannot hold an ``async with`` exit for long.
 _RELEASE_TIMEOUT_CAP: Final = 2.0
+# How many times in a row a release may hand the lock to a waiter of its own process
+# while another process is first in line: a short run saves the cross-process wake-up,
+# and the bound keeps the other processes' turn near.
+_LOCAL_RUN: Final = 4
 _RELEASE_TIMEOUT_FLOOR: Final = 0.1
 
 
@@ -124,6 +128,41 @@ class Grant:
     retry_after: float | None = None
 
 
+@dataclass(slots=True)
+class Successor:
+    """The next waiter of a process's queue, to which a release may hand the lock.
+
+    The waiter puts it up before it waits; a release of the same lock in the same
+    process may then give the lock straight to ``token`` in one script call instead
+    of deleting it and letting the waiter try again.
+
+    :ivar claimed: a release is handing over to it: from then on, the lock may be held
+        under ``token`` even if the waiter never hears of it (a lost reply), so a
+        waiter that gives up releases by ``token``
+    :ivar handed: once handed over, when the hand-over was sent and the fencing tokens
+    """
+
+    token: str
+    ttl_ms: int
+    waiter: str = ""
+    place: str = ""
+    jump_line: bool = False
+    claimed: bool = False
+    handed: tuple[float, tuple[int, ...]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """The answer of a release that may hand over: released, and the successor's grant.
+
+    :ivar released: whether the caller's token still held everything it released
+    :ivar fencing_tokens: the successor's fencing tokens if it got the lock, else ``None``
+    """
+
+    released: bool
+    fencing_tokens: tuple[int, ...] | None
+
+
 class Resource(Protocol):
     """The keys and scripts of one primitive: all it adds to the shared lifecycle.
 
@@ -151,6 +190,11 @@ class Resource(Protocol):
         """The pub/sub channels its releases are published on."""
         ...
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether one holder excludes every other (so the next waiter need not try)."""
+        ...
+
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
     ) -> Grant:
@@ -174,6 +218,13 @@ class Resource(Protocol):
 
     async def release(self, client: Any, token: str) -> bool:
         """Give back what ``token`` holds; report whether it held all of it."""
+        ...
+
+    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
+        """Release, or give the lock straight to ``to`` (a waiter of this process).
+
+        A resource that cannot hand over releases, and says so with no fencing tokens.
+        """
         ...
 
     async def locked(self, client: Any) -> bool:
@@ -676,7 +727,34 @@ class Lease:
                 return await _extend_by_token(
                     self._resource, self._client, self.token, math.ceil(left * 1000), timeout
                 )
-        return await _release_by_token(self._resource, self._client, self.token, timeout)
+        waiting = waiting_for(self._client, self._resource.channels)
+        successor = None if waiting is None else waiting.successor
+        if waiting is None or successor is None or successor.claimed:
+            return await _release_by_token(self._resource, self._client, self.token, timeout)
+        # The next waiter of this process is waiting for this release: give it the
+        # lock in the same script call, unless another process's turn comes first.
+        successor.claimed = True
+        successor.waiter = waiting.notifier.id
+        successor.place = waiting.place_on_success()
+        successor.jump_line = waiting.local_run < _LOCAL_RUN
+        sent = time.monotonic()
+        try:
+            result = await _within(
+                self._resource.hand_over(self._client, self.token, successor), timeout
+            )
+        except (TimeoutError, *_BACKEND_ERRORS) as exc:
+            raise LockBackendError(self._resource.description, "release", exc) from exc
+        if result.fencing_tokens is None:
+            # Another process's turn (or the lease was lost): the release woke the
+            # first process in line. The successor is not woken to race it; it tries
+            # at its fallback re-check, or when its own process's turn comes.
+            waiting.local_run = 0
+        else:
+            successor.handed = (sent, result.fencing_tokens)
+            waiting.tried(True, successor.place)
+            waiting.local_run += 1
+            waiting.event.set()
+        return result.released
 
     async def _give_back_logged(self, timeout: float) -> None:
         try:
@@ -955,6 +1033,48 @@ class LeaseLock:
             token = secrets.token_hex(16)
             return None, Grant(False, ())
 
+        successor: Successor | None = None
+
+        async def wait_for_release(waiting: Waiting, delay: float) -> Lease | None:
+            """Wait for a release, up to ``delay``; return the lease if one was handed over.
+
+            A release by a coroutine of this process may hand the lock straight to us
+            (the head of the process's queue); any other wakes us to try again.
+            """
+            nonlocal successor, token, in_flight
+            successor = waiting.successor = Successor(token, policy.ttl_ms)
+            try:
+                # Subscribed, so that a release by another process reaches us too: the
+                # process may stand in line (moved to its back) without ever having
+                # been refused. A no-op once the queue's channels are subscribed.
+                await waiting.watch()
+                await waiting.wait(delay)
+            finally:
+                if waiting.successor is successor:
+                    waiting.successor = None
+            if successor.handed is None:
+                # Not handed over (yet): if a hand-over is under way, or its reply was
+                # lost, the next try with the same token finds the lock ours.
+                return None
+            sent, fencing_tokens = successor.handed
+            successor = None
+            if time.monotonic() < lease_deadline(sent, policy.ttl):
+                lease = Lease(
+                    resource, client, policy, token, fencing_tokens, sent, time.monotonic()
+                )
+                waiting.took_it(lease)
+                return lease
+            # Woken too late (a stalled loop): give it back, go on with a new token.
+            in_flight = True
+            await _release_by_token(resource, client, token, self._abandon_timeout())
+            in_flight = False
+            token = secrets.token_hex(16)
+            return None
+
+        def may_hold() -> bool:
+            """Whether the lock may be held under ``token`` without our knowing."""
+            return in_flight or (successor is not None and successor.claimed)
+
         async def tries() -> Lease | None:
             """Try, wait and retry; the caller bounds it with the wait's deadline."""
             if notifier is None:  # not blocking, or no notifications: poll
@@ -981,14 +1101,15 @@ class LeaseLock:
             leave_line = functools.partial(resource.leave_line, client)
             async with notifier.queue(resource.channels, leave_line) as waiting:
                 handed_over, waiting.handed_over = waiting.handed_over, False
-                if handed_over and waiting.watching and waiting.in_line:
-                    # The previous waiter of this process holds the lock: wait for
-                    # its release (published while we were subscribed and, the
-                    # process being in the lock's line, published at all).
-                    await waiting.wait(_NOTIFIED_RECHECK)
+                if handed_over:
+                    # The previous waiter of this process holds the lock: its release
+                    # hands the lock straight to us, or wakes us to try.
+                    lease = await wait_for_release(waiting, _NOTIFIED_RECHECK)
+                    if lease is not None:
+                        return lease
                 lease, grant = await attempt(waiting)
                 if lease is not None:
-                    waiting.took_it()
+                    waiting.took_it(lease)
                     return lease
                 if next(delays, None) is None:
                     return None
@@ -997,14 +1118,16 @@ class LeaseLock:
                     waiting.event.clear()
                     lease, grant = await attempt(waiting)
                     if lease is not None:
-                        waiting.took_it()
+                        waiting.took_it(lease)
                         return lease
                     if next(delays, None) is None:  # the strategy may give up
                         return None
                     delay = _NOTIFIED_RECHECK
                     if grant.retry_after is not None:
                         delay = min(delay, grant.retry_after)
-                    await waiting.wait(delay)
+                    lease = await wait_for_release(waiting, delay)
+                    if lease is not None:
+                        return lease
 
         try:
             if wait_scope is None:  # no deadline: no timer to set and cancel
@@ -1020,11 +1143,11 @@ class LeaseLock:
             # The wait ran out, possibly while an attempt was in flight whose command
             # may have reached Redis: release by token so nothing stays held. In the
             # background, so that the caller gets its answer when its timeout says.
-            if in_flight:
+            if may_hold():
                 _spawn(_clean_up(resource, client, token, self._abandon_timeout()))
             return None
         except asyncio.CancelledError:
-            if in_flight:
+            if may_hold():
                 await self._abandon(token)
             raise
         except _BACKEND_ERRORS as exc:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _scripts
-from ._lease import Grant
+from ._lease import Grant, HandOver, Successor
 
 #: The prefix of every key asynclock writes, unless another is given.
 DEFAULT_PREFIX = "asynclock:"
@@ -93,8 +93,7 @@ class NamedLocks:
     prefix: str
     names: tuple[str, ...]
     owner_keys: tuple[str, ...] = field(init=False)
-    acquire_keys: tuple[str, ...] = field(init=False)
-    release_keys: tuple[str, ...] = field(init=False)
+    keys: tuple[str, ...] = field(init=False)
     line_keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,16 +101,13 @@ class NamedLocks:
         fences = tuple(fence_key(self.prefix, name) for name in self.names)
         lines = tuple(line_keys(self.prefix, name) for name in self.names)
         object.__setattr__(self, "owner_keys", owners)
-        acquire_keys = tuple(
+        # The keys of the acquire and release scripts: owner, fence, line, alive.
+        keys = tuple(
             key
             for owner, fence, line in zip(owners, fences, lines, strict=True)
             for key in (owner, fence, *line)
         )
-        object.__setattr__(self, "acquire_keys", acquire_keys)
-        release_keys = tuple(
-            key for owner, line in zip(owners, lines, strict=True) for key in (owner, *line)
-        )
-        object.__setattr__(self, "release_keys", release_keys)
+        object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "line_keys", tuple(key for line in lines for key in line))
 
     @property
@@ -123,6 +119,11 @@ class NamedLocks:
     def key(self) -> str:
         """The owner key of the first name."""
         return self.owner_keys[0]
+
+    @property
+    def exclusive(self) -> bool:
+        """Always: a holder of a name excludes everyone else."""
+        return True
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -138,7 +139,7 @@ class NamedLocks:
         line of every name, and success does with it what ``place`` says.
         """
         args = (token, ttl_ms, waiter, place, PLACE_MS)
-        reply = await _scripts.ACQUIRE(client, self.acquire_keys, args)
+        reply = await _scripts.ACQUIRE(client, self.keys, args)
         if int(reply[0]) == 1:
             return Grant(True, tuple(map(int, reply[1:])))
         pttl = int(reply[1])
@@ -150,10 +151,24 @@ class NamedLocks:
 
     async def release(self, client: Any, token: str) -> bool:
         """Delete the names ``token`` holds; report whether it held them all."""
-        released = int(
-            await _scripts.RELEASE(client, self.release_keys, (token, RELEASE_TOMBSTONE_MS))
+        reply = await _scripts.RELEASE(client, self.keys, (token, RELEASE_TOMBSTONE_MS))
+        return int(reply[0]) == len(self.names)
+
+    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
+        """Release, or give every name straight to ``to`` if the script allows it."""
+        args = (
+            token,
+            RELEASE_TOMBSTONE_MS,
+            to.token,
+            to.ttl_ms,
+            to.waiter,
+            to.place,
+            "1" if to.jump_line else "",
+            PLACE_MS,
         )
-        return released == len(self.owner_keys)
+        reply = await _scripts.RELEASE(client, self.keys, args)
+        fences = tuple(map(int, reply[1:])) or None
+        return HandOver(int(reply[0]) == len(self.names), fences)
 
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Give up ``waiter``'s place in the line of every name."""

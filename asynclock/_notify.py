@@ -32,9 +32,12 @@ import logging
 import secrets
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from ._lease import Lease, Successor
 
 _log = logging.getLogger("asynclock")
 
@@ -60,6 +63,11 @@ class Waiting:
         # Whether this process stands in the lock's line in Redis (it was refused
         # with its id, or moved to the back): it then leaves when its queue empties.
         self.in_line = False
+        # The head, while it waits for the release of its predecessor in this process
+        # (which may hand the lock straight to it), and how many releases in a row
+        # have done so.
+        self.successor: Successor | None = None
+        self.local_run = 0
         self.fifo = asyncio.Lock()
         self.users = 0
         self.event = asyncio.Event()
@@ -83,14 +91,14 @@ class Waiting:
         elif place == "leave":
             self.in_line = False
 
-    def took_it(self) -> None:
-        """Note that a coroutine of this queue has just taken the lock.
+    def took_it(self, lease: Lease) -> None:
+        """Note that a coroutine of this queue has just taken the lock as ``lease``.
 
-        The next in line then waits for a release notification before its first try.
-        Notifications of earlier releases are dropped now: the one it waits for can
-        only come after this acquisition.
+        The next in line then waits for its release (a notification, or a hand-over)
+        before its first try. Notifications of earlier releases are dropped now: the
+        one it waits for can only come after this acquisition.
         """
-        self.handed_over = True
+        self.handed_over = lease._resource.exclusive  # a semaphore may have more
         self.event.clear()
 
     async def watch(self) -> None:
@@ -311,6 +319,12 @@ def _text(value: Any) -> str:
 
 
 _notifiers: weakref.WeakKeyDictionary[Any, Notifier] = weakref.WeakKeyDictionary()
+
+
+def waiting_for(client: Any, channels: tuple[str, ...]) -> Waiting | None:
+    """The process's queue of waiters for the lock on ``channels``, if anyone waits."""
+    notifier = _notifiers.get(client)
+    return None if notifier is None else notifier._queues.get(channels)
 
 
 def notifier_for(client: Any) -> Notifier | None:

@@ -28,10 +28,15 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
     @classmethod
-    def load(cls, name: str) -> Script:
-        """Read ``scripts/<name>.lua`` from the package."""
-        source = resources.files(__package__).joinpath("scripts", f"{name}.lua").read_text()
-        return cls(name, source)
+    def load(cls, name: str, *, after: tuple[str, ...] = ()) -> Script:
+        """Read ``scripts/<name>.lua`` from the package, after the scripts ``after``.
+
+        Redis runs a script as one text, so code shared by several scripts (such as
+        ``common.lua``) is put in front of each that uses it.
+        """
+        folder = resources.files(__package__).joinpath("scripts")
+        parts = [folder.joinpath(f"{part}.lua").read_text() for part in (*after, name)]
+        return cls(name, "\n".join(parts))
 
     async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """Run the script on ``client`` with ``keys`` and ``args``; return its reply."""
@@ -41,6 +46,6 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-ACQUIRE = Script.load("acquire")
+ACQUIRE = Script.load("acquire", after=("common",))
 EXTEND = Script.load("extend")
-RELEASE = Script.load("release")
+RELEASE = Script.load("release", after=("common",))

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _scripts
 from ._errors import LockError
-from ._lease import Grant, LeaseLock, OnLost
+from ._lease import Grant, HandOver, LeaseLock, OnLost, Successor
 from ._names import DEFAULT_PREFIX, RELEASE_TOMBSTONE_MS, base_key
 from ._retry import RetryStrategy
 from ._validate import check_count, check_name, check_prefix
@@ -84,6 +84,11 @@ class SemaphorePermits:
         return self.keys[0]
 
     @property
+    def exclusive(self) -> bool:
+        """Only with room for a single acquisition: another may hold the rest."""
+        return self.permits * 2 > self.limit
+
+    @property
     def channels(self) -> tuple[str, ...]:
         """Where releases are published: named like the sorted set of holders."""
         return (self.keys[0],)
@@ -111,6 +116,10 @@ class SemaphorePermits:
     async def release(self, client: Any, token: str) -> bool:
         """Give the permits back; report whether the holder was still live."""
         return int(await _RELEASE(client, self.keys[:2], (token, RELEASE_TOMBSTONE_MS))) == 1
+
+    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
+        """Release: the permits go back to everyone waiting, not to one successor."""
+        return HandOver(await self.release(client, token), None)
 
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Nothing to do: a semaphore keeps no line of waiters."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -145,7 +146,7 @@ async def test_waiters_arriving_during_a_first_try_keep_their_order(client: redi
 
 async def test_a_pool_of_one_connection_still_waits(redis_url: str) -> None:
     single = redis.Redis(
-        connection_pool=redis.ConnectionPool.from_url(redis_url, max_connections=1)
+        connection_pool=redis.BlockingConnectionPool.from_url(redis_url, max_connections=1)
     )
     holder = Mutex(single, "one", ttl=30)
     await holder.acquire()
@@ -297,3 +298,72 @@ async def test_a_busy_lock_stays_subscribed_across_hand_overs(client: redis.Redi
     stats = await client.info("commandstats")
     # Not a SUBSCRIBE per round: the channel stays until a sweep finds it unused.
     assert stats["cmdstat_subscribe"]["calls"] <= 3
+
+
+async def test_a_release_hands_the_lock_to_the_next_waiter_of_its_process(
+    client: redis.Redis,
+) -> None:
+    fences: list[int] = []
+
+    async def section() -> None:
+        async with Mutex(client, "h", ttl=30, timeout=10) as lease:
+            fences.append(lease.fencing_token)
+            await asyncio.sleep(0.002)
+
+    await section()  # scripts loaded, fence counter made
+    await client.config_resetstat()
+    await asyncio.gather(*(section() for _ in range(20)))
+    stats = await client.info("commandstats")
+    # A release and the next acquire in one script call: about one call per section,
+    # where releasing and acquiring apart would take two and more.
+    assert stats["cmdstat_evalsha"]["calls"] <= 20 + 4
+    assert fences == sorted(set(fences))  # each holder a higher fencing token
+    assert await client.exists(owner_key("h")) == 0
+
+
+async def test_a_successor_cancelled_during_a_hand_over_leaves_nothing_held(
+    client: redis.Redis,
+) -> None:
+    for round_number in range(20):
+        holder = Mutex(client, "c", ttl=30)
+        await holder.acquire()
+        successor = asyncio.create_task(Mutex(client, "c", ttl=30, timeout=10).acquire())
+        await asyncio.sleep(0.05)  # the successor waits for the release
+        lease = holder.lease
+        assert lease is not None
+        release = asyncio.create_task(lease.release())
+        for _ in range(round_number % 4):
+            await asyncio.sleep(0)  # cancel at various moments of the hand-over
+        successor.cancel()
+        await release
+        if (await asyncio.gather(successor, return_exceptions=True))[0] is not True:
+            # Cancelled: whatever was handed to it was released by its token.
+            for _ in range(100):
+                if not await client.exists(owner_key("c")):
+                    break
+                await asyncio.sleep(0.01)
+            assert await client.exists(owner_key("c")) == 0
+        else:
+            await client.delete(owner_key("c"))  # it won the race and holds it
+
+
+async def test_a_process_hands_over_inside_itself_only_a_few_times_while_another_waits(
+    redis_url: str,
+) -> None:
+    clients = [redis.Redis.from_url(redis_url) for _ in range(2)]
+    order: list[int] = []
+    stop = time.monotonic() + 1.0
+
+    async def worker(process: int) -> None:
+        while time.monotonic() < stop:
+            async with Mutex(clients[process], "turns", ttl=30, timeout=10):
+                order.append(process)
+                await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(worker(process) for process in (0, 1) for _ in range(5)))
+    runs = [len(list(run)) for _, run in itertools.groupby(order)]
+    assert len(runs) > 10  # the processes took turns
+    # A run of local hand-overs is bounded; the other process's turn comes soon.
+    assert max(runs) <= lease_module._LOCAL_RUN + 2
+    for each in clients:
+        await each.aclose()

@@ -10,12 +10,12 @@ from asynclock import _scripts
 from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
 
 P = "asynclock:"
-RELEASE_KEYS = NamedLocks(P, ("a",)).release_keys
+RELEASE_KEYS = NamedLocks(P, ("a",)).keys
 
 
 async def test_acquire_sets_token_with_expiry_and_returns_a_fence(client: redis.Redis) -> None:
     before_us = int(time.time() * 1_000_000)
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     reply = await _scripts.ACQUIRE(client, keys, ("tok", 5000))
     assert reply[0] == 1
     assert await client.get(owner_key(P, "a")) == b"tok"
@@ -28,7 +28,7 @@ async def test_acquire_sets_token_with_expiry_and_returns_a_fence(client: redis.
 async def test_acquire_refuses_another_token_and_reports_the_holders_ttl(
     client: redis.Redis,
 ) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     await _scripts.ACQUIRE(client, keys, ("one", 3000))
     reply = await _scripts.ACQUIRE(client, keys, ("two", 3000))
     assert reply[0] == 0
@@ -39,7 +39,7 @@ async def test_acquire_refuses_another_token_and_reports_the_holders_ttl(
 async def test_acquire_again_with_the_same_token_returns_the_same_fence(
     client: redis.Redis,
 ) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     first = await _scripts.ACQUIRE(client, keys, ("tok", 1000))
     again = await _scripts.ACQUIRE(client, keys, ("tok", 9000))
     assert again == first
@@ -47,17 +47,17 @@ async def test_acquire_again_with_the_same_token_returns_the_same_fence(
 
 
 async def test_fences_increase_across_holders(client: redis.Redis) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     fences = []
     for n in range(5):
         reply = await _scripts.ACQUIRE(client, keys, (f"t{n}", 1000))
         fences.append(reply[1])
-        assert await _scripts.RELEASE(client, RELEASE_KEYS, (f"t{n}", 1000)) == 1
+        assert await _scripts.RELEASE(client, RELEASE_KEYS, (f"t{n}", 1000)) == [1]
     assert fences == sorted(set(fences))
 
 
 async def test_fences_keep_increasing_when_the_server_lost_its_data(client: redis.Redis) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     before = (await _scripts.ACQUIRE(client, keys, ("t1", 1000)))[1]
     await client.flushdb()  # what a restart without persistence does
     after = (await _scripts.ACQUIRE(client, keys, ("t2", 1000)))[1]
@@ -65,7 +65,7 @@ async def test_fences_keep_increasing_when_the_server_lost_its_data(client: redi
 
 
 async def test_fences_keep_increasing_when_the_counter_went_back(client: redis.Redis) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     before = (await _scripts.ACQUIRE(client, keys, ("t1", 1000)))[1]
     await _scripts.RELEASE(client, RELEASE_KEYS, ("t1", 1000))
     # A replica promoted before it received the latest increments.
@@ -75,11 +75,11 @@ async def test_fences_keep_increasing_when_the_counter_went_back(client: redis.R
 
 
 async def test_a_resent_release_still_counts_as_released(client: redis.Redis) -> None:
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     await _scripts.ACQUIRE(client, keys, ("tok", 5000))
-    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == 1
-    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == 1  # the same, resent
-    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("other", 1000)) == 0
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == [1]
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == [1]  # the same, resent
+    assert await _scripts.RELEASE(client, RELEASE_KEYS, ("other", 1000)) == [0]
     assert await client.exists(owner_key(P, "a")) == 0
     assert 0 < await client.pttl(f"{owner_key(P, 'a')}:released:tok") <= 1000
 
@@ -123,16 +123,16 @@ async def test_extend_over_several_names_changes_nothing_unless_all_are_ours(
 async def test_release_deletes_only_our_keys(client: redis.Redis) -> None:
     await client.set(owner_key(P, "a"), "tok", px=5000)
     await client.set(owner_key(P, "b"), "other", px=5000)
-    keys = NamedLocks(P, ("a", "b")).release_keys
-    assert await _scripts.RELEASE(client, keys, ("tok", 1000)) == 1
+    keys = NamedLocks(P, ("a", "b")).keys
+    assert await _scripts.RELEASE(client, keys, ("tok", 1000)) == [1]
     assert await client.exists(owner_key(P, "a")) == 0
     assert await client.get(owner_key(P, "b")) == b"other"
-    assert await _scripts.RELEASE(client, keys, ("stranger", 1000)) == 0
+    assert await _scripts.RELEASE(client, keys, ("stranger", 1000)) == [0]
 
 
 async def test_scripts_reload_after_the_server_forgot_them(client: redis.Redis) -> None:
     await client.script_flush()
-    keys = NamedLocks(P, ("a",)).acquire_keys
+    keys = NamedLocks(P, ("a",)).keys
     assert (await _scripts.ACQUIRE(client, keys, ("tok", 1000)))[0] == 1
     assert await client.script_exists(_scripts.ACQUIRE.sha) == [True]
 

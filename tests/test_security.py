@@ -20,11 +20,11 @@ ACL_RULES = (
     "resetkeys", "~asynclock:*", "resetchannels", "&asynclock:*", "-@all",
     "+evalsha", "+eval", "+exists", "+publish", "+subscribe", "+unsubscribe",
     "+get", "+set", "+pttl", "+pexpire", "+incr", "+del", "+time",
-    "+zadd", "+zrem", "+zrange", "+zrangebyscore",
+    "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore",
 )  # fmt: skip
 #: What a Semaphore needs on top, as documented in README.md.
 SEMAPHORE_ACL_RULES = (
-    "+zcard", "+zscore", "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hvals",
+    "+zcard", "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hvals",
 )  # fmt: skip
 
 

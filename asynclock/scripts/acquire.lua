@@ -33,35 +33,13 @@ local waiter = ARGV[3] or ''
 local place = ARGV[4] or ''
 local place_ms = tonumber(ARGV[5] or '0')
 
-local now_us = nil
-local function clock_us()
-  if not now_us then
-    local now = redis.call('TIME')
-    now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  end
-  return now_us
-end
-
-local function lapse_at()
-  return string.format('%.0f', math.floor(clock_us() / 1000) + place_ms)
-end
-
 -- Keep (or take) the process's place in every name's line; the lines themselves
 -- go when nobody has renewed a place for place_ms.
 local function stand_in_lines()
   for i = 1, #KEYS, 4 do
     local line, alive = KEYS[i + 2], KEYS[i + 3]
     redis.call('ZADD', line, 'NX', string.format('%.0f', clock_us()), waiter)
-    redis.call('ZADD', alive, lapse_at(), waiter)
-    redis.call('PEXPIRE', line, place_ms)
-    redis.call('PEXPIRE', alive, place_ms)
-  end
-end
-
-local function stand_at_back(line, alive)
-  redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
-  if redis.call('ZADD', alive, lapse_at(), waiter) == 1 then
-    -- A new place (or a new line): make sure the line goes once nobody renews it.
+    redis.call('ZADD', alive, lapse_at(place_ms), waiter)
     redis.call('PEXPIRE', line, place_ms)
     redis.call('PEXPIRE', alive, place_ms)
   end
@@ -85,19 +63,6 @@ for i = 1, #KEYS, 4 do
   end
 end
 
--- The next fencing token of a name: one more than the last, and never below the
--- server clock in microseconds. So tokens keep increasing even where the counter
--- went back: a restart without persistence, a restart from an older snapshot, a
--- failover to a replica that had not received the latest increments.
-local function next_fence(fence_key)
-  local fence = redis.call('INCR', fence_key)
-  if fence < clock_us() then
-    fence = clock_us()
-    redis.call('SET', fence_key, string.format('%.0f', fence))
-  end
-  return fence
-end
-
 local granted = {1}
 for i = 1, #KEYS, 4 do
   local fence_key = KEYS[i + 1]
@@ -109,11 +74,9 @@ for i = 1, #KEYS, 4 do
     granted[#granted + 1] = next_fence(fence_key)
   end
   if place == 'back' then
-    -- To the back of the line: the processes already waiting go first.
-    stand_at_back(KEYS[i + 2], KEYS[i + 3])
+    stand_at_back(KEYS[i + 2], KEYS[i + 3], waiter, place_ms)
   elseif place == 'leave' then
-    redis.call('ZREM', KEYS[i + 2], waiter)
-    redis.call('ZREM', KEYS[i + 3], waiter)
+    leave_line(KEYS[i + 2], KEYS[i + 3], waiter)
   end
 end
 return granted

@@ -1,19 +1,33 @@
 -- Delete the owner keys that still hold the caller's token; leave any other alone.
+-- Or hand them straight to the caller's successor in the same process.
 --
--- KEYS: three keys per name, for name i (from 0) at KEYS[3i+1 .. 3i+3]: its owner
---       key, line key and alive key (see acquire.lua)
+-- KEYS: four keys per name, as in acquire.lua: owner, fence, line, alive
 -- ARGV[1]: the caller's token
 -- ARGV[2]: how long, in milliseconds, to remember that the token released them
+-- ARGV[3]: the token of the next waiter of the caller's process, or '' (none)
+-- ARGV[4]: its lease time to live, in milliseconds
+-- ARGV[5]: the process's id in the lines of waiters
+-- ARGV[6]: what becomes of the process's place in line when it hands over ('',
+--          'leave', 'back': as in acquire.lua)
+-- ARGV[7]: '1' if the process may hand over even when another process is first in
+--          line (a short run of hand-overs inside one process, bounded by the client)
+-- ARGV[8]: how long a place in line lasts unless renewed, in milliseconds
 --
--- Returns how many names held ARGV[1] and were released (now, or by an earlier call
--- with the same token). Fewer than #KEYS / 3 means the lease was (at least partly)
--- lost before the release: expired, or deleted by someone.
+-- Returns {released, fence_1, ..., fence_n} when the names went to the successor,
+-- {released} otherwise. `released` is how many names held ARGV[1] and were released
+-- (now, or by an earlier call with the same token); fewer than the number of names
+-- means the lease was (at least partly) lost before the release: expired, or deleted.
 --
--- Each released name is published on a channel named like its owner key, when
--- anyone stands in its line: every waiter that waits for a notification does (see
--- acquire.lua). The message is the id of the first process in line whose place has
--- not lapsed (only that process tries at once; the others wait their turn, or their
--- fallback re-check), or '' when every place has lapsed (all listeners try).
+-- A hand-over happens only when the caller held every name, the successor's token
+-- was never released (it was not given up meanwhile), and, unless ARGV[7] says
+-- otherwise, no other process is first in any name's line. It is a release and an
+-- acquire in one step: the successor's lease starts now, with new fencing tokens.
+--
+-- Otherwise each released name is published on a channel named like its owner key,
+-- when anyone stands in its line: every waiter that waits for a notification does
+-- (see acquire.lua). The message is the id of the first process in line whose place
+-- has not lapsed (only that process tries at once; the others wait their turn, or
+-- their fallback re-check), or '' when every place has lapsed (all listeners try).
 --
 -- Each key gets a short-lived tombstone, `<owner key>:released:<token>`, so that the
 -- same release sent again (a client library that resends a command whose reply it
@@ -22,44 +36,66 @@
 -- outcome is unknown: the token is unique, so releasing by token is safe whatever
 -- happened, in whatever order the two reach the server.
 local token = ARGV[1]
-local released = 0
+local successor = ARGV[3] or ''
+local waiter = ARGV[5] or ''
+local place = ARGV[6] or ''
+local place_ms = tonumber(ARGV[8] or '0')
 
--- The first process in line whose place has not lapsed ('' when every place has),
--- or nil when nobody stands in line. Lapsed places are dropped on the way.
-local function first_in_line(line, alive)
-  local first = redis.call('ZRANGE', line, 0, 0)[1]
-  if not first then
-    return nil
-  end
-  local now = redis.call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
-  if lapse > now_ms then
-    return first
-  end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do
-    redis.call('ZREM', line, gone)
-    redis.call('ZREM', alive, gone)
-  end
-  redis.call('ZREM', line, first)  -- in case its place was already gone
-  return redis.call('ZRANGE', line, 0, 0)[1] or ''
+local function remember_release(owner)
+  -- Left even when there was nothing to release: an acquire with this token that
+  -- reaches the server later (reordered behind its own clean-up) is then refused.
+  redis.call('SET', owner .. ':released:' .. token, 1, 'PX', ARGV[2])
 end
 
-for i = 1, #KEYS, 3 do
+-- May the names go straight to the successor?
+local hand_over = successor ~= ''
+if hand_over then
+  for i = 1, #KEYS, 4 do
+    local owner = KEYS[i]
+    if redis.call('GET', owner) ~= token
+      or redis.call('EXISTS', owner .. ':released:' .. successor) == 1 then
+      hand_over = false
+      break
+    end
+    if ARGV[7] ~= '1' then
+      local first = first_in_line(KEYS[i + 2], KEYS[i + 3])
+      if first and first ~= '' and first ~= waiter then
+        hand_over = false  -- another process waits longer: its turn
+        break
+      end
+    end
+  end
+end
+
+if hand_over then
+  local granted = {#KEYS / 4}
+  for i = 1, #KEYS, 4 do
+    local owner, fence_key, line, alive = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
+    redis.call('SET', owner, successor, 'PX', ARGV[4])
+    granted[#granted + 1] = next_fence(fence_key)
+    if place == 'back' then
+      stand_at_back(line, alive, waiter, place_ms)
+    elseif place == 'leave' then
+      leave_line(line, alive, waiter)
+    end
+    remember_release(owner)
+  end
+  return granted
+end
+
+local released = 0
+for i = 1, #KEYS, 4 do
   local owner = KEYS[i]
-  local tombstone = owner .. ':released:' .. token
   if redis.call('GET', owner) == token then
     redis.call('DEL', owner)
-    local first = first_in_line(KEYS[i + 1], KEYS[i + 2])
+    local first = first_in_line(KEYS[i + 2], KEYS[i + 3])
     if first then
       redis.call('PUBLISH', owner, first)
     end
     released = released + 1
-  elseif redis.call('EXISTS', tombstone) == 1 then
+  elseif redis.call('EXISTS', owner .. ':released:' .. token) == 1 then
     released = released + 1
   end
-  -- Left even when there was nothing to release: an acquire with this token that
-  -- reaches the server later (reordered behind its own clean-up) is then refused.
-  redis.call('SET', tombstone, 1, 'PX', ARGV[2])
+  remember_release(owner)
 end
-return released
+return {released}

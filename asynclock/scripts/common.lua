@@ -1,0 +1,65 @@
+-- Shared by acquire.lua and release.lua: put in front of each when it is loaded (see
+-- asynclock/_scripts.py), so both compute fencing tokens and keep lines alike.
+
+-- The server clock in microseconds, read once per script call.
+local now_us = nil
+local function clock_us()
+  if not now_us then
+    local now = redis.call('TIME')
+    now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  end
+  return now_us
+end
+
+-- The next fencing token of a name: one more than the last, and never below the
+-- server clock in microseconds. So tokens keep increasing even where the counter
+-- went back: a restart without persistence, a restart from an older snapshot, a
+-- failover to a replica that had not received the latest increments.
+local function next_fence(fence_key)
+  local fence = redis.call('INCR', fence_key)
+  if fence < clock_us() then
+    fence = clock_us()
+    redis.call('SET', fence_key, string.format('%.0f', fence))
+  end
+  return fence
+end
+
+-- When a place in line taken or renewed now lapses, in milliseconds.
+local function lapse_at(place_ms)
+  return string.format('%.0f', math.floor(clock_us() / 1000) + place_ms)
+end
+
+-- Put `waiter` at the back of a line (the processes already waiting go first).
+local function stand_at_back(line, alive, waiter, place_ms)
+  redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
+  if redis.call('ZADD', alive, lapse_at(place_ms), waiter) == 1 then
+    -- A new place (or a new line): make sure the line goes once nobody renews it.
+    redis.call('PEXPIRE', line, place_ms)
+    redis.call('PEXPIRE', alive, place_ms)
+  end
+end
+
+-- Take `waiter` out of a line.
+local function leave_line(line, alive, waiter)
+  redis.call('ZREM', line, waiter)
+  redis.call('ZREM', alive, waiter)
+end
+
+-- The first process in line whose place has not lapsed ('' when every place has),
+-- or nil when nobody stands in line. Lapsed places are dropped on the way.
+local function first_in_line(line, alive)
+  local first = redis.call('ZRANGE', line, 0, 0)[1]
+  if not first then
+    return nil
+  end
+  local now_ms = math.floor(clock_us() / 1000)
+  local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
+  if lapse > now_ms then
+    return first
+  end
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do
+    leave_line(line, alive, gone)
+  end
+  redis.call('ZREM', line, first)  -- in case its place was already gone
+  return redis.call('ZRANGE', line, 0, 0)[1] or ''
+end
