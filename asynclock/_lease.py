@@ -74,7 +74,7 @@ _RELEASE_TIMEOUT_CAP: Final = 2.0
 # How many times in a row a release may hand the lock to a waiter of its own process
 # while another process is first in line: a short run saves the cross-process wake-up,
 # and the bound keeps the other processes' turn near.
-_LOCAL_RUN: Final = 4
+_LOCAL_RUN: Final = 8
 _RELEASE_TIMEOUT_FLOOR: Final = 0.1
 
 
@@ -746,9 +746,11 @@ class Lease:
             raise LockBackendError(self._resource.description, "release", exc) from exc
         if result.fencing_tokens is None:
             # Another process's turn (or the lease was lost): the release woke the
-            # first process in line. The successor is not woken to race it; it tries
-            # at its fallback re-check, or when its own process's turn comes.
+            # first process in line and put this one at the back. The successor is
+            # not woken to race it; it tries when its process's turn comes (or at
+            # its fallback re-check).
             waiting.local_run = 0
+            waiting.in_line = True
         else:
             successor.handed = (sent, result.fencing_tokens)
             waiting.tried(True, successor.place)

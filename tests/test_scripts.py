@@ -7,6 +7,7 @@ import time
 import redis.asyncio as redis
 
 from asynclock import _scripts
+from asynclock._lease import Successor
 from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
 
 P = "asynclock:"
@@ -191,3 +192,47 @@ async def test_a_release_with_nobody_in_line_publishes_nothing_and_makes_no_line
     stats = await client.info("commandstats")
     assert "cmdstat_publish" not in stats  # nobody waits for a notification
     assert await client.exists(*line_keys(P, "a")) == 0
+
+
+async def test_a_release_hands_over_to_a_successor_unless_another_process_goes_first(
+    client: redis.Redis,
+) -> None:
+    lock = NamedLocks(P, ("a",))
+    line, _ = line_keys(P, "a")
+    assert (await lock.acquire(client, "mine", 5000, "p1")).acquired
+    fence = int(await client.get(fence_key(P, "a")))
+    # Nobody else in line: the lock goes straight to the successor, with a new fence.
+    result = await lock.hand_over(client, "mine", Successor("next", 5000, "p1", "back"))
+    assert result.released
+    assert result.fencing_tokens is not None
+    assert result.fencing_tokens[0] > fence
+    assert await client.get(owner_key(P, "a")) == b"next"
+    assert await client.zrange(line, 0, -1) == [b"p1"]  # more of p1 wait: in line
+    # Another process stands first: no hand-over, it is woken, p1 goes to the back.
+    assert not (await lock.acquire(client, "theirs", 5000, "p2")).acquired
+    await client.zadd(line, {"p2": 0})  # p2 arrived first
+    pubsub = client.pubsub()
+    await pubsub.subscribe(owner_key(P, "a"))
+    assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+    result = await lock.hand_over(client, "next", Successor("after", 5000, "p1", "back"))
+    assert result.released
+    assert result.fencing_tokens is None
+    assert await client.exists(owner_key(P, "a")) == 0
+    assert (await pubsub.get_message(timeout=2))["data"] == b"p2"
+    assert await client.zrange(line, 0, -1) == [b"p2", b"p1"]
+    # Unless the process may jump the line (a bounded run of hand-overs inside it).
+    assert (await lock.acquire(client, "again", 5000)).acquired
+    jump = Successor("jumper", 5000, "p1", "back", jump_line=True)
+    assert (await lock.hand_over(client, "again", jump)).fencing_tokens is not None
+    assert await client.get(owner_key(P, "a")) == b"jumper"
+    await pubsub.aclose()
+
+
+async def test_a_successor_given_up_gets_nothing(client: redis.Redis) -> None:
+    lock = NamedLocks(P, ("a",))
+    assert (await lock.acquire(client, "mine", 5000)).acquired
+    assert not await lock.release(client, "gone")  # its clean-up came first: a tombstone
+    result = await lock.hand_over(client, "mine", Successor("gone", 5000, "p1"))
+    assert result.released
+    assert result.fencing_tokens is None
+    assert await client.exists(owner_key(P, "a")) == 0

@@ -29,14 +29,13 @@ local function lapse_at(place_ms)
   return string.format('%.0f', math.floor(clock_us() / 1000) + place_ms)
 end
 
--- Put `waiter` at the back of a line (the processes already waiting go first).
+-- Put `waiter` at the back of a line (the processes already waiting go first). The
+-- line itself lasts as long as the place: it goes once nobody renews a place.
 local function stand_at_back(line, alive, waiter, place_ms)
   redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
-  if redis.call('ZADD', alive, lapse_at(place_ms), waiter) == 1 then
-    -- A new place (or a new line): make sure the line goes once nobody renews it.
-    redis.call('PEXPIRE', line, place_ms)
-    redis.call('PEXPIRE', alive, place_ms)
-  end
+  redis.call('ZADD', alive, lapse_at(place_ms), waiter)
+  redis.call('PEXPIRE', line, place_ms)
+  redis.call('PEXPIRE', alive, place_ms)
 end
 
 -- Take `waiter` out of a line.

@@ -23,7 +23,8 @@
 -- otherwise, no other process is first in any name's line. It is a release and an
 -- acquire in one step: the successor's lease starts now, with new fencing tokens.
 --
--- Otherwise each released name is published on a channel named like its owner key,
+-- Otherwise (and then the caller's process, whose successor still waits, goes to the
+-- back of the line when another process was first) each released name is published on a channel named like its owner key,
 -- when anyone stands in its line: every waiter that waits for a notification does
 -- (see acquire.lua). The message is the id of the first process in line whose place
 -- has not lapsed (only that process tries at once; the others wait their turn, or
@@ -49,6 +50,7 @@ end
 
 -- May the names go straight to the successor?
 local hand_over = successor ~= ''
+local not_our_turn = false
 if hand_over then
   for i = 1, #KEYS, 4 do
     local owner = KEYS[i]
@@ -61,6 +63,7 @@ if hand_over then
       local first = first_in_line(KEYS[i + 2], KEYS[i + 3])
       if first and first ~= '' and first ~= waiter then
         hand_over = false  -- another process waits longer: its turn
+        not_our_turn = true
         break
       end
     end
@@ -95,6 +98,11 @@ for i = 1, #KEYS, 4 do
     released = released + 1
   elseif redis.call('EXISTS', owner .. ':released:' .. token) == 1 then
     released = released + 1
+  end
+  if not_our_turn then
+    -- The successor still waits: the process queues behind the others for its turn
+    -- (a release then names it), rather than re-checking on its own.
+    stand_at_back(KEYS[i + 2], KEYS[i + 3], waiter, place_ms)
   end
   remember_release(owner)
 end
