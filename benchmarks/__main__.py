@@ -41,16 +41,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--iterations",
         type=uncontended.bounded_int(1, uncontended.MAX_ITERATIONS),
-        default=2000,
+        default=1000,
         metavar="N",
-        help="uncontended operations per measurement (default 2000)",
+        help="uncontended operations per measurement (default 1000)",
     )
     parser.add_argument(
         "--rounds",
         type=uncontended.bounded_int(1, uncontended.MAX_ROUNDS),
-        default=5,
+        default=11,
         metavar="R",
-        help="uncontended rounds; the median round is reported (default 5)",
+        help="uncontended rounds; the median round is reported (default 11)",
     )
     parser.add_argument(
         "--seconds",

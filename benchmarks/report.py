@@ -242,12 +242,22 @@ def draw(rows: Sequence[Row], path: Path) -> None:
         throughput.bar(xs, rates, width, color=colour)
     waits.set_yscale("log")
     waits.set_ylabel("wait, ms (bar: p99, o: p50, v: max)")
-    waits.legend(fontsize="small", ncols=2)
+
     waits.grid(axis="y", which="major", alpha=0.3)
     throughput.set_ylabel("sections per second")
     throughput.grid(axis="y", alpha=0.3)
     throughput.set_xticks(range(len(scenarios)), scenarios, fontsize="small")
     figure.suptitle("Contended hand-off: asynclock beside the other Python libraries")
-    figure.tight_layout()
+    handles, names = waits.get_legend_handles_labels()
+    figure.legend(
+        handles,
+        names,
+        loc="upper center",
+        ncols=len(names),
+        fontsize="small",
+        bbox_to_anchor=(0.5, 0.955),
+        frameon=False,
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
     figure.savefig(path, dpi=100)
     plt.close(figure)
