@@ -138,7 +138,8 @@ class NamedLocks:
         With a ``waiter`` id, a refusal takes (or keeps) that process's place in the
         line of every name, and success does with it what ``place`` says.
         """
-        args = (token, ttl_ms, waiter, place, PLACE_MS)
+        # Without a waiter, the line's arguments are left out (fewer bytes to send).
+        args = (token, ttl_ms, waiter, place, PLACE_MS) if waiter else (token, ttl_ms)
         reply = await _scripts.ACQUIRE(client, self.keys, args)
         if int(reply[0]) == 1:
             return Grant(True, tuple(map(int, reply[1:])))
