@@ -351,6 +351,9 @@ async def _within(aw: Awaitable[_T], timeout: float) -> _T:
     """
     task = asyncio.current_task()
     assert task is not None
+    # Cancellations already pending at entry (a release in the exit of a cancelled
+    # body) are not ours: the time ran out if ours is the only one added since.
+    pending = task.cancelling()
     fired = False
 
     def expire() -> None:
@@ -364,7 +367,7 @@ async def _within(aw: Awaitable[_T], timeout: float) -> _T:
     except asyncio.CancelledError:
         if fired:
             fired = False
-            if task.uncancel() == 0:  # ours alone: the time ran out
+            if task.uncancel() <= pending:  # ours alone: the time ran out
                 raise TimeoutError from None
         raise
     finally:
@@ -730,7 +733,13 @@ class Lease:
         waiting = waiting_for(self._client, self._resource.channels)
         successor = None if waiting is None else waiting.successor
         if waiting is None or successor is None or successor.claimed:
-            return await _release_by_token(self._resource, self._client, self.token, timeout)
+            released = await _release_by_token(self._resource, self._client, self.token, timeout)
+            if waiting is not None and successor is None:
+                # A coroutine of this process waits but has not yet asked for a
+                # hand-over (a body that released without ever yielding): it may not
+                # hear of this release otherwise, so wake it to try.
+                waiting.event.set()
+            return released
         # The next waiter of this process is waiting for this release: give it the
         # lock in the same script call, unless another process's turn comes first.
         successor.claimed = True
@@ -743,6 +752,7 @@ class Lease:
                 self._resource.hand_over(self._client, self.token, successor), timeout
             )
         except (TimeoutError, *_BACKEND_ERRORS) as exc:
+            waiting.in_line = True  # the script may have put the process in line
             raise LockBackendError(self._resource.description, "release", exc) from exc
         if result.fencing_tokens is None:
             # Another process's turn (or the lease was lost): the release woke the
@@ -1036,6 +1046,7 @@ class LeaseLock:
             return None, Grant(False, ())
 
         successor: Successor | None = None
+        handed_maybe = False  # a hand-over to ``token`` was claimed: it may have happened
 
         async def wait_for_release(waiting: Waiting, delay: float) -> Lease | None:
             """Wait for a release, up to ``delay``; return the lease if one was handed over.
@@ -1043,7 +1054,7 @@ class LeaseLock:
             A release by a coroutine of this process may hand the lock straight to us
             (the head of the process's queue); any other wakes us to try again.
             """
-            nonlocal successor, token, in_flight
+            nonlocal successor, token, in_flight, handed_maybe
             successor = waiting.successor = Successor(token, policy.ttl_ms)
             try:
                 # Subscribed, so that a release by another process reaches us too: the
@@ -1054,6 +1065,9 @@ class LeaseLock:
             finally:
                 if waiting.successor is successor:
                     waiting.successor = None
+                # A release may be handing over to this token: remembered beyond this
+                # wait, since its command may reach the server after our next try.
+                handed_maybe = handed_maybe or successor.claimed
             if successor.handed is None:
                 # Not handed over (yet): if a hand-over is under way, or its reply was
                 # lost, the next try with the same token finds the lock ours.
@@ -1071,11 +1085,12 @@ class LeaseLock:
             await _release_by_token(resource, client, token, self._abandon_timeout())
             in_flight = False
             token = secrets.token_hex(16)
+            handed_maybe = False
             return None
 
         def may_hold() -> bool:
             """Whether the lock may be held under ``token`` without our knowing."""
-            return in_flight or (successor is not None and successor.claimed)
+            return in_flight or handed_maybe or (successor is not None and successor.claimed)
 
         async def tries() -> Lease | None:
             """Try, wait and retry; the caller bounds it with the wait's deadline."""

@@ -288,12 +288,16 @@ class Notifier:
         async with self._commands:
             if self._events:
                 return False
-            await self._pubsub.aclose()  # reconnects by itself at the next SUBSCRIBE
+            # Forgotten before awaiting anything: a waiter arriving meanwhile must
+            # subscribe anew, not trust a subscription about to go, and its
+            # subscription must start a new reader (this one is ending).
+            self._reader = None
             self._subscribed.clear()
             self._confirmed.clear()
             for confirmation in self._confirmations.values():
                 confirmation.cancel()
             self._confirmations.clear()
+            await self._pubsub.aclose()  # reconnects by itself at the next SUBSCRIBE
             return True
 
 

@@ -109,3 +109,16 @@ async def test_within_inside_an_outer_timeout_reports_the_outer_one() -> None:
         async with asyncio.timeout(0.02) as outer:
             await _within(asyncio.sleep(10), 5.0)
     assert outer.expired()
+
+
+async def test_within_entered_while_cancelling_still_reports_its_own_timeout() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(1)  # a cancelled body, as in a lock's exit
+    assert task.cancelling() == 1
+    with pytest.raises(TimeoutError):
+        await _within(asyncio.sleep(10), 0.02)
+    assert task.cancelling() == 1  # the earlier cancellation is still pending
+    task.uncancel()

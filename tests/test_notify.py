@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
 from asynclock import LinearBackoff, Mutex, Semaphore
 from asynclock import _lease as lease_module
-from asynclock._names import line_keys
+from asynclock._lease import Successor
+from asynclock._names import NamedLocks, line_keys
 from asynclock._notify import Notifier
 
 from .conftest import owner_key
@@ -367,3 +369,49 @@ async def test_a_process_hands_over_inside_itself_only_a_few_times_while_another
     assert max(runs) <= lease_module._LOCAL_RUN + 2
     for each in clients:
         await each.aclose()
+
+
+async def test_a_waiter_that_gives_up_during_a_slow_hand_over_leaves_nothing_held(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hand_over = NamedLocks.hand_over
+
+    async def slow_hand_over(self: NamedLocks, client: Any, token: str, to: Successor) -> Any:
+        await asyncio.sleep(0.3)  # the command reaches the server late ...
+        result = await hand_over(self, client, token, to)
+        await asyncio.sleep(1.0)  # ... and its reply comes later still
+        return result
+
+    monkeypatch.setattr(NamedLocks, "hand_over", slow_hand_over)
+    holder = Mutex(client, "slow", ttl=30)
+    await holder.acquire()
+    lease = holder.lease
+    assert lease is not None
+    waiter = asyncio.create_task(Mutex(client, "slow", ttl=30).acquire(timeout=0.45))
+    await asyncio.sleep(0.05)  # the waiter was refused and waits for the release
+    release = asyncio.create_task(lease.release())
+    # The waiter re-checks (refused: the hand-over has not run yet), then gives up
+    # after the hand-over gave it the lock: it must release by its token.
+    assert await waiter is False
+    for _ in range(100):
+        if not await client.exists(owner_key("slow")):
+            break
+        await asyncio.sleep(0.01)
+    assert await client.exists(owner_key("slow")) == 0
+    await release
+
+
+async def test_bodies_that_never_yield_do_not_leave_their_waiters_to_the_fallback(
+    client: redis.Redis,
+) -> None:
+    waits: list[float] = []
+
+    async def worker() -> None:
+        for _ in range(300):
+            asked = time.monotonic()
+            async with Mutex(client, "quick", ttl=30, timeout=5):
+                waits.append(time.monotonic() - asked)  # and release without yielding
+
+    await asyncio.gather(worker(), worker())
+    # Each release wakes the other worker; none waits for the 0.25 s re-check.
+    assert sum(wait >= 0.2 for wait in waits) <= 1  # one hiccup of a loaded machine
