@@ -1045,7 +1045,6 @@ class LeaseLock:
             token = secrets.token_hex(16)
             return None, Grant(False, ())
 
-        successor: Successor | None = None
         handed_maybe = False  # a hand-over to ``token`` was claimed: it may have happened
 
         async def wait_for_release(waiting: Waiting, delay: float) -> Lease | None:
@@ -1054,7 +1053,7 @@ class LeaseLock:
             A release by a coroutine of this process may hand the lock straight to us
             (the head of the process's queue); any other wakes us to try again.
             """
-            nonlocal successor, token, in_flight, handed_maybe
+            nonlocal token, in_flight, handed_maybe
             successor = waiting.successor = Successor(token, policy.ttl_ms)
             try:
                 # Subscribed, so that a release by another process reaches us too: the
@@ -1066,14 +1065,14 @@ class LeaseLock:
                 if waiting.successor is successor:
                     waiting.successor = None
                 # A release may be handing over to this token: remembered beyond this
-                # wait, since its command may reach the server after our next try.
+                # wait (and whatever ends it), since its command may reach the server
+                # after our next try. No release can claim it once unregistered.
                 handed_maybe = handed_maybe or successor.claimed
             if successor.handed is None:
                 # Not handed over (yet): if a hand-over is under way, or its reply was
                 # lost, the next try with the same token finds the lock ours.
                 return None
             sent, fencing_tokens = successor.handed
-            successor = None
             if time.monotonic() < lease_deadline(sent, policy.ttl):
                 lease = Lease(
                     resource, client, policy, token, fencing_tokens, sent, time.monotonic()
@@ -1090,27 +1089,21 @@ class LeaseLock:
 
         def may_hold() -> bool:
             """Whether the lock may be held under ``token`` without our knowing."""
-            return in_flight or handed_maybe or (successor is not None and successor.claimed)
+            return in_flight or handed_maybe
 
         async def tries() -> Lease | None:
             """Try, wait and retry; the caller bounds it with the wait's deadline."""
             if notifier is None:  # not blocking, or no notifications: poll
-                lease, grant = await attempt()
-                if lease is not None:
-                    return lease
-                delay = next(delays, None)
-                if delay is None:
-                    return None
                 while True:
-                    if grant.retry_after is not None:
-                        delay = min(delay, grant.retry_after)
-                    await asyncio.sleep(delay)
                     lease, grant = await attempt()
                     if lease is not None:
                         return lease
                     delay = next(delays, None)
                     if delay is None:
                         return None
+                    if grant.retry_after is not None:
+                        delay = min(delay, grant.retry_after)
+                    await asyncio.sleep(delay)
             # One coroutine of this process at a time talks to Redis for this lock
             # (a burst of waiters costs one connection, not one each); the others
             # wait their turn in a queue, in order of arrival. Taking a place costs

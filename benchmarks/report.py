@@ -51,6 +51,28 @@ def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]
     return ours, [row for row in rows if row.implementation != OURS]
 
 
+def _throughput_target(ours: Row, peers: list[Row]) -> Target:
+    """Sections per second at least the fastest peer's, in one scenario."""
+    fastest = max(peers, key=lambda row: row.sections_per_second)
+    return Target(
+        f"{ours.scenario}: sections/s >= the best peer's",
+        f"{ours.sections_per_second:.0f} against {fastest.sections_per_second:.0f}"
+        f" ({fastest.implementation}): "
+        f"{ours.sections_per_second / fastest.sections_per_second:.2f}x",
+        ours.sections_per_second >= fastest.sections_per_second,
+    )
+
+
+def _longest_wait_target(ours: Row, peers: list[Row]) -> Target:
+    """The longest wait at most the best peer's longest, in one scenario."""
+    best = min(peers, key=lambda row: row.wait_max_ms)
+    return Target(
+        f"{ours.scenario}: longest wait <= the best peer's",
+        f"{ours.wait_max_ms:.1f} ms against {best.wait_max_ms:.1f} ms ({best.implementation})",
+        ours.wait_max_ms <= best.wait_max_ms,
+    )
+
+
 def targets(results: Results) -> list[Target]:
     """Each goal of the benchmark suite, checked against this run's figures."""
     found: list[Target] = []
@@ -85,16 +107,7 @@ def targets(results: Results) -> list[Target]:
                 ours.wait_p99_ms <= best.wait_p99_ms / 4,
             )
         )
-        fastest = max(peers, key=lambda row: row.sections_per_second)
-        found.append(
-            Target(
-                "64 coroutines, 1 name: sections/s >= the best peer's",
-                f"{ours.sections_per_second:.0f} against {fastest.sections_per_second:.0f}"
-                f" ({fastest.implementation}): "
-                f"{ours.sections_per_second / fastest.sections_per_second:.2f}x",
-                ours.sections_per_second >= fastest.sections_per_second,
-            )
-        )
+        found.append(_throughput_target(ours, peers))
     own = results.commands.get(OURS)
     if ours is not None and own is not None:
         found.append(
@@ -108,15 +121,7 @@ def targets(results: Results) -> list[Target]:
         )
     ours, peers = _rows_of(results, "2")
     if ours is not None and peers:
-        best = min(peers, key=lambda row: row.wait_max_ms)
-        found.append(
-            Target(
-                "2 coroutines, 1 name: longest wait <= the best peer's",
-                f"{ours.wait_max_ms:.1f} ms against {best.wait_max_ms:.1f} ms "
-                f"({best.implementation})",
-                ours.wait_max_ms <= best.wait_max_ms,
-            )
-        )
+        found.append(_longest_wait_target(ours, peers))
         default = next((row for row in peers if row.implementation == REDIS_PY_DEFAULT), None)
         if default is not None:
             ratio = ours.sections_per_second / default.sections_per_second
@@ -130,25 +135,8 @@ def targets(results: Results) -> list[Target]:
             )
     ours, peers = _rows_of(results, "4x8")
     if ours is not None and peers:
-        fastest = max(peers, key=lambda row: row.sections_per_second)
-        found.append(
-            Target(
-                "4 processes x 8 coroutines: sections/s >= the best peer's",
-                f"{ours.sections_per_second:.0f} against {fastest.sections_per_second:.0f}"
-                f" ({fastest.implementation}): "
-                f"{ours.sections_per_second / fastest.sections_per_second:.2f}x",
-                ours.sections_per_second >= fastest.sections_per_second,
-            )
-        )
-        best = min(peers, key=lambda row: row.wait_max_ms)
-        found.append(
-            Target(
-                "4 processes x 8 coroutines: longest wait <= the best peer's",
-                f"{ours.wait_max_ms:.0f} ms against {best.wait_max_ms:.0f} ms "
-                f"({best.implementation})",
-                ours.wait_max_ms <= best.wait_max_ms,
-            )
-        )
+        found.append(_throughput_target(ours, peers))
+        found.append(_longest_wait_target(ours, peers))
     overlapping = sum(row.overlaps for row in results.rows)
     found.append(
         Target("no overlapping sections, any implementation", f"{overlapping}", overlapping == 0)

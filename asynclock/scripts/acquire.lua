@@ -33,25 +33,16 @@ local waiter = ARGV[3] or ''
 local place = ARGV[4] or ''
 local place_ms = tonumber(ARGV[5] or '0')
 
--- Keep (or take) the process's place in every name's line; the lines themselves
--- go when nobody has renewed a place for place_ms.
-local function stand_in_lines()
-  for i = 1, #KEYS, 4 do
-    local line, alive = KEYS[i + 2], KEYS[i + 3]
-    redis.call('ZADD', line, 'NX', string.format('%.0f', clock_us()), waiter)
-    redis.call('ZADD', alive, lapse_at(place_ms), waiter)
-    redis.call('PEXPIRE', line, place_ms)
-    redis.call('PEXPIRE', alive, place_ms)
-  end
-end
-
 local ours = {}
 for i = 1, #KEYS, 4 do
   local owner = redis.call('GET', KEYS[i])
   if owner then
     if owner ~= token then
       if waiter ~= '' then
-        stand_in_lines()
+        -- Keep (or take) the process's place in every name's line.
+        for j = 1, #KEYS, 4 do
+          stand_in_line(KEYS[j + 2], KEYS[j + 3], waiter, place_ms, true)
+        end
       end
       return {0, redis.call('PTTL', KEYS[i])}
     end
@@ -73,10 +64,6 @@ for i = 1, #KEYS, 4 do
     redis.call('SET', KEYS[i], token, 'PX', ttl)
     granted[#granted + 1] = next_fence(fence_key)
   end
-  if place == 'back' then
-    stand_at_back(KEYS[i + 2], KEYS[i + 3], waiter, place_ms)
-  elseif place == 'leave' then
-    leave_line(KEYS[i + 2], KEYS[i + 3], waiter)
-  end
+  take_place(KEYS[i + 2], KEYS[i + 3], waiter, place, place_ms)
 end
 return granted

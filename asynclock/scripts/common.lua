@@ -30,10 +30,15 @@ local function lapse_at(place_ms)
   return string.format('%.0f', math.floor(clock_us() / 1000) + place_ms)
 end
 
--- Put `waiter` at the back of a line (the processes already waiting go first). The
+-- Give `waiter` a place in a line, renewed for place_ms: at the back (the processes
+-- already waiting go first), or, with `keep`, where it already stands if it does. The
 -- line itself lasts as long as the place: it goes once nobody renews a place.
-local function stand_at_back(line, alive, waiter, place_ms)
-  redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
+local function stand_in_line(line, alive, waiter, place_ms, keep)
+  if keep then
+    redis.call('ZADD', line, 'NX', string.format('%.0f', clock_us()), waiter)
+  else
+    redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
+  end
   redis.call('ZADD', alive, lapse_at(place_ms), waiter)
   redis.call('PEXPIRE', line, place_ms)
   redis.call('PEXPIRE', alive, place_ms)
@@ -43,6 +48,16 @@ end
 local function leave_line(line, alive, waiter)
   redis.call('ZREM', line, waiter)
   redis.call('ZREM', alive, waiter)
+end
+
+-- What an acquisition does with its process's place in a line: '' nothing, 'back'
+-- move it to the back (more of its coroutines wait), 'leave' give it up.
+local function take_place(line, alive, waiter, place, place_ms)
+  if place == 'back' then
+    stand_in_line(line, alive, waiter, place_ms, false)
+  elseif place == 'leave' then
+    leave_line(line, alive, waiter)
+  end
 end
 
 -- The first process in line whose place has not lapsed ('' when every place has),

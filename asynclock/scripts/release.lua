@@ -51,6 +51,14 @@ end
 -- May the names go straight to the successor?
 local hand_over = successor ~= ''
 local not_our_turn = false
+-- The first in each name's line, once read (false: nobody in line).
+local firsts = {}
+local function first_of(i)
+  if firsts[i] == nil then
+    firsts[i] = first_in_line(KEYS[i + 2], KEYS[i + 3]) or false
+  end
+  return firsts[i]
+end
 if hand_over then
   for i = 1, #KEYS, 4 do
     local owner = KEYS[i]
@@ -60,7 +68,7 @@ if hand_over then
       break
     end
     if ARGV[7] ~= '1' then
-      local first = first_in_line(KEYS[i + 2], KEYS[i + 3])
+      local first = first_of(i)
       if first and first ~= '' and first ~= waiter then
         hand_over = false  -- another process waits longer: its turn
         not_our_turn = true
@@ -76,11 +84,7 @@ if hand_over then
     local owner, fence_key, line, alive = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
     redis.call('SET', owner, successor, 'PX', ARGV[4])
     granted[#granted + 1] = next_fence(fence_key)
-    if place == 'back' then
-      stand_at_back(line, alive, waiter, place_ms)
-    elseif place == 'leave' then
-      leave_line(line, alive, waiter)
-    end
+    take_place(line, alive, waiter, place, place_ms)
     remember_release(owner)
   end
   return granted
@@ -91,7 +95,7 @@ for i = 1, #KEYS, 4 do
   local owner = KEYS[i]
   if redis.call('GET', owner) == token then
     redis.call('DEL', owner)
-    local first = first_in_line(KEYS[i + 2], KEYS[i + 3])
+    local first = first_of(i)
     if first then
       redis.call('PUBLISH', owner, first)
     end
@@ -102,7 +106,7 @@ for i = 1, #KEYS, 4 do
   if not_our_turn then
     -- The successor still waits: the process queues behind the others for its turn
     -- (a release then names it), rather than re-checking on its own.
-    stand_at_back(KEYS[i + 2], KEYS[i + 3], waiter, place_ms)
+    stand_in_line(KEYS[i + 2], KEYS[i + 3], waiter, place_ms, false)
   end
   remember_release(owner)
 end
