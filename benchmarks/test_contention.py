@@ -15,9 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from asynclock._server import RedisServer
+from benchmarks import contention
 from benchmarks.contention import (
     IMPLEMENTATIONS,
     OURS,
+    Acquire,
+    Release,
     Scenario,
     Section,
     overlaps,
@@ -84,3 +87,32 @@ def test_contended_handoff(benchmark: Benchmark, server_url: str, label: str) ->
     for sections in rounds:
         assert len(sections) == ROUND.workers * SECTIONS_EACH
         assert overlaps(sections) == 0
+
+
+def test_a_peer_missing_hanging_or_failing_is_reported_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def missing(client: object, worker: int) -> Acquire:
+        raise ImportError("no module named 'nope'", name="nope")
+
+    def hanging(client: object, worker: int) -> Acquire:
+        async def acquire(name: str) -> Release:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        return acquire
+
+    def failing(client: object, worker: int) -> Acquire:
+        raise RuntimeError("broken peer")
+
+    peers = {"missing": missing, "hanging": hanging, "failing": failing}
+    monkeypatch.setattr(contention, "IMPLEMENTATIONS", peers)
+    monkeypatch.setattr(contention, "GRACE", 0.5)
+    with RedisServer() as server:
+        rows, problems = asyncio.run(run(server.url, SMALL[:1], 0.2, progress=lambda _: None))
+    assert rows == []
+    assert problems == [
+        "missing: not installed (nope); pip install '.[bench]'",
+        "hanging, 4 coroutines, 1 name: hung (no end within 0 s of the scenario's end)",
+        "failing, 4 coroutines, 1 name: failed: RuntimeError('broken peer')",
+    ]
