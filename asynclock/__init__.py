@@ -16,6 +16,7 @@ from ._events import LockEvent as LockEvent
 from ._events import set_verbosity as set_verbosity
 from ._events import subscribe as subscribe
 from ._lease import Lease as Lease
+from ._lock import LockStatistics as LockStatistics
 from ._multilock import MultiLock as MultiLock
 from ._mutex import Mutex as Mutex
 from ._retry import ExponentialBackoff as ExponentialBackoff
@@ -38,6 +39,7 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
+    "LockStatistics",
     "MultiLock",
     "Mutex",
     "NoRetry",

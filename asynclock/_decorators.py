@@ -24,11 +24,13 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _events
 from ._errors import LockNotAcquired
-from ._lease import Lease, LeaseLock, LeasePolicy, _check_client
+from ._lease import Lease
+from ._lock import LeaseLock, check_client
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, owner_key
 from ._retry import RetryStrategy
 from ._semaphore import Semaphore
+from ._timing import LeasePolicy
 from ._validate import check_count, check_optional_seconds, check_prefix
 
 P = ParamSpec("P")
@@ -124,7 +126,9 @@ def locked(
     if not isinstance(skip_if_locked, bool):
         raise TypeError(f"skip_if_locked must be a bool, not {type(skip_if_locked).__name__}")
     # Check every lock option now, at decoration, not at the first call.
-    LeasePolicy.build(ttl, extend_interval, True, hold_at_most, None, hold_at_least)
+    LeasePolicy.build(
+        ttl=ttl, extend_interval=extend_interval, max_hold=hold_at_most, hold_at_least=hold_at_least
+    )
     check_optional_seconds(timeout, "timeout")
     check_prefix(prefix)
     if limit is not None:
@@ -260,5 +264,5 @@ def _client_getter(source: ClientSource, signature: inspect.Signature) -> Callab
             raise TypeError("the client callable takes an argument, but the function has none")
         first = parameters[0]
         return lambda arguments: source(arguments[first])
-    _check_client(source)
+    check_client(source)
     return lambda arguments: source

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
-from ._lease import LeaseLock, OnLost
+from ._lock import LeaseLock, LockOptions
 from ._names import DEFAULT_PREFIX, NamedLocks, owner_key
-from ._retry import RetryStrategy
 from ._validate import check_names, check_prefix
 
 
@@ -42,33 +41,13 @@ class MultiLock(LeaseLock):
         client: Any,
         names: Sequence[str],
         *,
-        ttl: float = 30.0,
-        timeout: float | None = None,
-        blocking: bool = True,
-        auto_extend: bool = True,
-        extend_interval: float | None = None,
-        max_hold: float | None = None,
-        retry: RetryStrategy | None = None,
-        on_lost: OnLost | None = None,
-        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
+        **options: Unpack[LockOptions],
     ) -> None:
         self._names = check_names(names)
         checked_prefix = check_prefix(prefix)
         _check_one_slot(client, checked_prefix, self._names)
-        super().__init__(
-            client,
-            NamedLocks(checked_prefix, self._names),
-            ttl=ttl,
-            timeout=timeout,
-            blocking=blocking,
-            auto_extend=auto_extend,
-            extend_interval=extend_interval,
-            max_hold=max_hold,
-            retry=retry,
-            on_lost=on_lost,
-            hold_at_least=hold_at_least,
-        )
+        super().__init__(client, NamedLocks(checked_prefix, self._names), **options)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from ._lease import LeaseLock, OnLost
+from ._lock import LeaseLock, LockOptions
 from ._names import DEFAULT_PREFIX, NamedLocks
-from ._retry import RetryStrategy
 from ._validate import check_name, check_prefix
 
 
@@ -66,31 +65,11 @@ class Mutex(LeaseLock):
         client: Any,
         name: str,
         *,
-        ttl: float = 30.0,
-        timeout: float | None = None,
-        blocking: bool = True,
-        auto_extend: bool = True,
-        extend_interval: float | None = None,
-        max_hold: float | None = None,
-        retry: RetryStrategy | None = None,
-        on_lost: OnLost | None = None,
-        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
+        **options: Unpack[LockOptions],
     ) -> None:
         self._name = check_name(name)
-        super().__init__(
-            client,
-            NamedLocks(check_prefix(prefix), (self._name,)),
-            ttl=ttl,
-            timeout=timeout,
-            blocking=blocking,
-            auto_extend=auto_extend,
-            extend_interval=extend_interval,
-            max_hold=max_hold,
-            retry=retry,
-            on_lost=on_lost,
-            hold_at_least=hold_at_least,
-        )
+        super().__init__(client, NamedLocks(check_prefix(prefix), (self._name,)), **options)
 
     @property
     def name(self) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _scripts
-from ._lease import Grant, HandOver, Successor
+from ._resource import Grant, HandOver, Place, Successor
 
 #: The prefix of every key asynclock writes, unless another is given.
 DEFAULT_PREFIX = "asynclock:"
@@ -88,7 +88,7 @@ def line_keys(prefix: str, name: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class NamedLocks:
-    """The :class:`~asynclock._lease.Resource` of exclusive locks over ``names``."""
+    """The :class:`~asynclock._resource.Resource` of exclusive locks over ``names``."""
 
     prefix: str
     names: tuple[str, ...]
@@ -131,7 +131,7 @@ class NamedLocks:
         return self.owner_keys
 
     async def acquire(
-        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
     ) -> Grant:
         """Take every name for ``token`` at once, or report how long the holder has.
 

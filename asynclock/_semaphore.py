@@ -17,13 +17,13 @@ Expiry is computed from the server's clock inside the scripts, never from a clie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from . import _scripts
 from ._errors import LockError
-from ._lease import Grant, HandOver, LeaseLock, OnLost, Successor
+from ._lock import LeaseLock, LockOptions
 from ._names import DEFAULT_PREFIX, RELEASE_TOMBSTONE_MS, base_key
-from ._retry import RetryStrategy
+from ._resource import Grant, HandOver, Place, Successor
 from ._validate import check_count, check_name, check_prefix
 
 _ACQUIRE = _scripts.Script.load("semaphore_acquire")
@@ -55,7 +55,7 @@ class LimitMismatch(LockError):
 
 @dataclass(frozen=True, slots=True)
 class SemaphorePermits:
-    """The :class:`~asynclock._lease.Resource` of ``permits`` of a semaphore."""
+    """The :class:`~asynclock._resource.Resource` of ``permits`` of a semaphore."""
 
     prefix: str
     name: str
@@ -94,7 +94,7 @@ class SemaphorePermits:
         return (self.keys[0],)
 
     async def acquire(
-        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: str = ""
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
     ) -> Grant:
         """Take the permits for ``token`` if enough are free.
 
@@ -164,16 +164,8 @@ class Semaphore(LeaseLock):
         *,
         limit: int,
         permits: int = 1,
-        ttl: float = 30.0,
-        timeout: float | None = None,
-        blocking: bool = True,
-        auto_extend: bool = True,
-        extend_interval: float | None = None,
-        max_hold: float | None = None,
-        retry: RetryStrategy | None = None,
-        on_lost: OnLost | None = None,
-        hold_at_least: float | None = None,
         prefix: str = DEFAULT_PREFIX,
+        **options: Unpack[LockOptions],
     ) -> None:
         self._name = check_name(name)
         checked_limit = check_count(limit, "limit")
@@ -183,19 +175,7 @@ class Semaphore(LeaseLock):
         self._permits = SemaphorePermits(
             check_prefix(prefix), self._name, checked_limit, checked_permits
         )
-        super().__init__(
-            client,
-            self._permits,
-            ttl=ttl,
-            timeout=timeout,
-            blocking=blocking,
-            auto_extend=auto_extend,
-            extend_interval=extend_interval,
-            max_hold=max_hold,
-            retry=retry,
-            on_lost=on_lost,
-            hold_at_least=hold_at_least,
-        )
+        super().__init__(client, self._permits, **options)
 
     @property
     def name(self) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from asynclock import LockEvent, MultiLock, Mutex, Semaphore, locked, subscribe
-from asynclock._lease import LeaseLock
+from asynclock._lock import LeaseLock
 from asynclock._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.

@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from asynclock import MultiLock, Mutex, Semaphore
-from asynclock._lease import LeaseLock
+from asynclock._lock import LeaseLock
 
 
 async def contend(

@@ -13,7 +13,7 @@ import sys
 import redis.asyncio as redis
 
 from asynclock import MultiLock, Mutex, Semaphore
-from asynclock._lease import LeaseLock
+from asynclock._lock import LeaseLock
 
 
 async def hold(url: str, name: str, ttl: float, limit: int | None) -> None:

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock import LockNotAcquired, MultiLock, Mutex, Semaphore
-from asynclock import _lease as lease_module
-from asynclock._lease import LeaseLock
+from asynclock import _aio as lease_module
+from asynclock._lock import LeaseLock
 
 pytestmark = pytest.mark.slow
 

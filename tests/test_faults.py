@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from asynclock import LockBackendError, LockLost, MultiLock, Mutex, Semaphore
-from asynclock._lease import LeaseLock
+from asynclock._lock import LeaseLock
 from asynclock._server import RedisServer, free_port
 
 from .conftest import owner_key

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asynclock import MultiLock, Mutex, Semaphore
-from asynclock._lease import LeaseLock
+from asynclock._lock import LeaseLock
 
 SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -7,14 +7,9 @@ import math
 
 import pytest
 
-from asynclock._lease import (
-    LeasePolicy,
-    _complete_despite_cancel,
-    _within,
-    drift_allowance,
-    extension_retry_pause,
-    lease_deadline,
-)
+from asynclock._aio import complete_despite_cancel as _complete_despite_cancel
+from asynclock._aio import within as _within
+from asynclock._timing import LeasePolicy, drift_allowance, extension_retry_pause, lease_deadline
 
 
 def test_deadline_is_measured_from_the_send_less_drift() -> None:

@@ -11,10 +11,11 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock import LinearBackoff, Mutex, Semaphore
-from asynclock import _lease as lease_module
-from asynclock._lease import Successor
+from asynclock import _acquire as lease_module
+from asynclock import _queue as queue_module
 from asynclock._names import NamedLocks, line_keys
 from asynclock._notify import Notifier
+from asynclock._resource import Successor
 
 from .conftest import owner_key
 
@@ -173,7 +174,7 @@ async def test_a_release_between_a_failed_try_and_the_subscription_is_not_missed
     await holder.acquire()
     lease = holder.lease
     assert lease is not None
-    watch = Notifier._watch
+    watch = Notifier.watch
 
     async def release_first(
         self: Notifier, channels: tuple[str, ...], event: asyncio.Event
@@ -182,7 +183,7 @@ async def test_a_release_between_a_failed_try_and_the_subscription_is_not_missed
             await lease.release()  # published before anyone listens
         await watch(self, channels, event)
 
-    monkeypatch.setattr(Notifier, "_watch", release_first)
+    monkeypatch.setattr(Notifier, "watch", release_first)
     # The re-check after subscribing finds the lock free; no 30 s fallback needed.
     assert await asyncio.wait_for(Mutex(client, "race", ttl=30).acquire(), 5)
 
@@ -366,7 +367,7 @@ async def test_a_process_hands_over_inside_itself_only_a_few_times_while_another
     runs = [len(list(run)) for _, run in itertools.groupby(order)]
     assert len(runs) > 10  # the processes took turns
     # A run of local hand-overs is bounded; the other process's turn comes soon.
-    assert max(runs) <= lease_module._LOCAL_RUN + 2
+    assert max(runs) <= queue_module.LOCAL_RUN + 2
     for each in clients:
         await each.aclose()
 

@@ -19,6 +19,7 @@ PUBLIC = [
     "LockLost",
     "LockNotAcquired",
     "LockNotOwned",
+    "LockStatistics",
     "MultiLock",
     "Mutex",
     "NoRetry",

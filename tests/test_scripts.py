@@ -7,8 +7,8 @@ import time
 import redis.asyncio as redis
 
 from asynclock import _scripts
-from asynclock._lease import Successor
 from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
+from asynclock._resource import Successor
 
 P = "asynclock:"
 RELEASE_KEYS = NamedLocks(P, ("a",)).keys

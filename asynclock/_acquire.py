@@ -1,0 +1,311 @@
+"""One ``acquire()`` call as an object: try, wait for a release, retry, give up.
+
+An :class:`Acquisition` owns everything one call knows: its token (a new one after a
+reply that came too late), whether a command that may have taken the lock is on its
+way (``in_flight``), and whether a release of this process claimed a hand-over to its
+token (``maybe_handed``). From those two, :attr:`Acquisition.may_hold` says whether
+the lock may be held under the token without our knowing, which decides the clean-up
+when the call ends in anything but a lease.
+
+Two ways to wait. Without notifications (not blocking, a cluster client, a pool of
+one connection) the call polls: try, pause from the retry strategy (never past the
+holder's TTL), try again. With them, the coroutines of this process that want the
+lock queue locally (``_queue.py``) and the head waits for a release:
+
+1. the first try is one script call, and refused, puts the process in the lock's line;
+2. the head subscribes to the lock's channels (confirmed by the server), then reads
+   whether the lock is still held: a release between its try and its subscription
+   was published to nobody;
+3. it waits out a pause of its retry strategy, which ends early at a release
+   notification, a hand-over from this process, or when the holder's TTL runs out;
+   every ``_NOTIFIED_RECHECK`` seconds of a longer pause it tries again in case a
+   notification was lost (such a try renews its place in the line, and is not a
+   retry of the strategy's);
+4. it retries; each retry takes one pause of the strategy, and when the strategy
+   has no more, the call gives up.
+
+A previous head of this process that has just taken the lock makes the next head
+wait for its release (which may hand the lock straight over) before its first try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from ._aio import complete_despite_cancel, spawn
+from ._errors import LockBackendError
+from ._lease import Lease
+from ._notify import Notifier, notifier_for
+from ._queue import LocalQueue, Offer, queued
+from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
+from ._retry import DEFAULT_RETRY, RetryStrategy
+from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
+
+# With notifications, how often a waiter tries at least (a lost message, or a holder
+# that crashed without a release), unless the holder's lease runs out sooner; and
+# the pause between retries when no retry strategy is given.
+_NOTIFIED_RECHECK: Final = 0.25
+
+
+def _new_token() -> str:
+    return secrets.token_hex(16)
+
+
+class Acquisition:
+    """One ``acquire()`` call: its token and what it may hold, and how it waits.
+
+    :ivar token: the token the lock is acquired under; replaced after a reply that
+        came too late (the old one is released first)
+    :ivar in_flight: a try (or the release of a late reply) is on its way: its
+        command may have reached the server
+    :ivar maybe_handed: a release of this process claimed a hand-over to ``token``:
+        the lock may be held under it even if we never heard of it
+    :ivar handed_over: the lease came by a hand-over from a release of this process
+    """
+
+    __slots__ = (
+        "_client",
+        "_delays",
+        "_notifier",
+        "_policy",
+        "_resource",
+        "handed_over",
+        "in_flight",
+        "maybe_handed",
+        "token",
+    )
+
+    def __init__(
+        self,
+        resource: Resource,
+        client: Any,
+        policy: LeasePolicy,
+        retry: RetryStrategy | None,
+        blocking: bool,
+    ) -> None:
+        self._resource = resource
+        self._client = client
+        self._policy = policy
+        self.token = _new_token()
+        self.in_flight = False
+        self.maybe_handed = False
+        self.handed_over = False
+        self._notifier = notifier_for(client) if blocking else None
+        self._delays: Iterator[float]
+        if not blocking:
+            self._delays = iter(())
+        elif retry is not None:
+            self._delays = retry.delays()
+        elif self._notifier is not None:
+            # Notified waiters need no backoff: a release wakes them.
+            self._delays = itertools.repeat(_NOTIFIED_RECHECK)
+        else:
+            self._delays = DEFAULT_RETRY.delays()
+
+    @property
+    def may_hold(self) -> bool:
+        """Whether the lock may be held under ``token`` without our knowing."""
+        return self.in_flight or self.maybe_handed
+
+    async def run(self, wait_limit: float | None) -> Lease | None:
+        """Try, wait and retry until the lease is ours, or give up (``None``).
+
+        Whatever ends the call short of a lease, nothing stays held: a try whose
+        command may have reached the server is released by token.
+
+        :raises LockBackendError: a command failed; released by token first
+        :raises asyncio.CancelledError: released by token first if it may hold
+        """
+        scope = None if wait_limit is None else asyncio.timeout(wait_limit)
+        try:
+            if scope is None:  # no deadline: no timer to set and cancel
+                return await self._tries()
+            async with scope:
+                return await self._tries()
+        except TimeoutError as exc:
+            if scope is None or not scope.expired():  # a socket timeout, not the end of our wait
+                await self._abandon()
+                raise LockBackendError(self._resource.description, "acquire", exc) from exc
+            # The wait ran out, possibly while a try was in flight whose command may
+            # have reached Redis: release by token so nothing stays held. In the
+            # background, so that the caller gets its answer when its timeout says.
+            if self.may_hold:
+                spawn(clean_up(self._resource, self._client, self.token, self._abandon_timeout()))
+            return None
+        except asyncio.CancelledError:
+            if self.may_hold:
+                await self._abandon()
+            raise
+        except BACKEND_ERRORS as exc:
+            await self._abandon()
+            raise LockBackendError(self._resource.description, "acquire", exc) from exc
+
+    async def _tries(self) -> Lease | None:
+        """Try, wait and retry; :meth:`run` bounds it with the wait's deadline."""
+        if self._notifier is None:
+            return await self._poll()
+        return await self._wait_in_queue(self._notifier)
+
+    async def _poll(self) -> Lease | None:
+        while True:
+            lease, grant = await self._try()
+            if lease is not None:
+                return lease
+            delay = next(self._delays, None)
+            if delay is None:
+                return None
+            if grant.retry_after is not None:
+                delay = min(delay, grant.retry_after)
+            await asyncio.sleep(delay)
+
+    async def _wait_in_queue(self, notifier: Notifier) -> Lease | None:
+        resource, client = self._resource, self._client
+        leave_line = functools.partial(resource.leave_line, client)
+        async with queued(client, notifier, resource.channels, leave_line) as queue:
+            if queue.take_held_by_predecessor():
+                # The previous head of this process holds the lock: its release hands
+                # the lock straight to us, or wakes us to try.
+                lease = await self._wait_for_release(queue, _NOTIFIED_RECHECK)
+                if lease is not None:
+                    return lease
+            lease, grant = await self._try(queue)
+            if lease is not None:
+                return lease
+            pause = next(self._delays, None)
+            if pause is None:
+                return None
+            await queue.watch()  # subscribed (confirmed) before the read below
+            # A release between the try and the subscription was published to nobody.
+            free = not await resource.locked(client)
+            while True:
+                if not free:
+                    lease = await self._wait_out(queue, pause, grant.retry_after)
+                    if lease is not None:
+                        return lease
+                free = False
+                queue.event.clear()
+                lease, grant = await self._try(queue)
+                if lease is not None:
+                    return lease
+                pause = next(self._delays, None)  # the strategy may give up
+                if pause is None:
+                    return None
+
+    async def _wait_out(
+        self, queue: LocalQueue, pause: float, retry_after: float | None
+    ) -> Lease | None:
+        """Wait up to ``pause`` for a release; return the lease if one was handed over.
+
+        Ends early at a release notification, at a hand-over's wake-up, or when the
+        holder's lease runs out (``retry_after``). A pause longer than the fallback
+        re-check is cut into re-checks: a try, in case a notification was lost.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (pause if retry_after is None else min(pause, retry_after))
+        while True:
+            left = end - loop.time()
+            if left <= 0:
+                return None
+            last = left <= _NOTIFIED_RECHECK
+            lease = await self._wait_for_release(queue, left if last else _NOTIFIED_RECHECK)
+            if lease is not None or last or queue.event.is_set():
+                return lease
+            queue.event.clear()
+            lease, grant = await self._try(queue)
+            if lease is not None:
+                return lease
+            if grant.retry_after is not None:
+                end = min(end, loop.time() + grant.retry_after)
+
+    async def _try(self, queue: LocalQueue | None = None) -> tuple[Lease | None, Grant]:
+        """Try once to take the lock; return the lease if it is ours, and the answer."""
+        resource, client, policy = self._resource, self._client, self._policy
+        sent = time.monotonic()
+        self.in_flight = True
+        if queue is None:
+            grant = await resource.acquire(client, self.token, policy.ttl_ms)
+        else:
+            # With the process's id: if refused, it stands in the lock's line, so that
+            # a release wakes it in its turn.
+            place = queue.place_on_success()
+            try:
+                grant = await resource.acquire(
+                    client, self.token, policy.ttl_ms, queue.notifier.id, place
+                )
+            except BaseException:
+                queue.in_line = True  # it may have been put in line: leave it
+                raise
+            queue.tried(grant.acquired, place)
+        self.in_flight = False
+        if not grant.acquired:
+            return None, grant
+        lease = await self._lease_in_time(sent, grant.fencing_tokens)
+        if lease is not None and queue is not None:
+            queue.took_lock(resource.exclusive)
+        return lease, grant
+
+    async def _wait_for_release(self, queue: LocalQueue, timeout: float) -> Lease | None:
+        """Wait up to ``timeout`` for a release; return the lease if it was handed over.
+
+        A release by a coroutine of this process may hand the lock straight to us
+        (the head of the process's queue); any other wakes us to try again.
+        """
+        offer = Offer(self.token, self._policy.ttl_ms)
+        try:
+            await queue.wait_for_release(offer, timeout)
+        finally:
+            # A release may be handing over to this token: remembered beyond this wait
+            # (and whatever ends it), since its command may reach the server after
+            # our next try. No release can claim the offer once it is withdrawn.
+            self.maybe_handed = self.maybe_handed or offer.claimed
+        if offer.granted is None:
+            # Not handed over (yet): if a hand-over is under way, or its reply was
+            # lost, the next try with the same token finds the lock ours.
+            return None
+        sent, fencing_tokens = offer.granted
+        lease = await self._lease_in_time(sent, fencing_tokens)
+        if lease is not None:
+            queue.took_lock(self._resource.exclusive)
+            self.handed_over = True
+        return lease
+
+    async def _lease_in_time(self, sent: float, fencing_tokens: tuple[int, ...]) -> Lease | None:
+        """The lease granted by a command sent at ``sent``, unless its answer came too late.
+
+        Too late is past the lease's deadline on our clock (a stalled loop, a slow
+        network): the lease may already belong to someone else. It is given back by
+        token, and the call goes on with a new token.
+        """
+        policy = self._policy
+        if time.monotonic() < lease_deadline(sent, policy.ttl):
+            return Lease(
+                self._resource,
+                self._client,
+                policy,
+                self.token,
+                fencing_tokens,
+                sent,
+                time.monotonic(),
+            )
+        self.in_flight = True
+        await release_by_token(self._resource, self._client, self.token, self._abandon_timeout())
+        self.in_flight = False
+        self.token = _new_token()
+        self.maybe_handed = False
+        return None
+
+    def _abandon_timeout(self) -> float:
+        # Short: the caller is waiting for its error or cancellation to surface, and a
+        # hold we could not delete expires on its own within the TTL.
+        return bounded_release_timeout(self._policy.ttl)
+
+    async def _abandon(self) -> None:
+        """Release by token after a call whose outcome is unknown, even if cancelled."""
+        clean = clean_up(self._resource, self._client, self.token, self._abandon_timeout())
+        await complete_despite_cancel(clean)

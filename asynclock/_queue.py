@@ -1,0 +1,278 @@
+"""A process's local queue of waiters for one lock, and the hand-over protocol.
+
+Coroutines of one process that wait for the same lock queue here, in order of
+arrival, so that one of them at a time (the head) talks to Redis: a burst of waiters
+costs one connection and one place in the lock's line, not one each. While the queue
+is not empty its lock's channels stay subscribed.
+
+A release by a coroutine of the same process may give the lock straight to the head,
+in the same script call (a release and an acquire in one round trip). The protocol
+between the two sides, through the queue::
+
+    head (waiting)                         releaser (holding, same process)
+    --------------                         --------------------------------
+    queue.offer = Offer(token)
+    waits for queue.event                  queue.release(): an offer, unclaimed
+                                           offer.claimed = True          (1)
+                                           hand_over script: release, and the
+                                           lock to offer.token (or, another
+                                           process's turn, just a release)
+                                           offer.granted = (sent, fences) (2)
+                                           queue.event.set()
+    woken: offer.granted -> its lease      (no offer: a plain release, and
+    the offer is withdrawn in any case     queue.event.set() wakes the head)
+
+(1) From the claim on, the lock may be held under the head's token even if the head
+never hears of it (a reply lost with the connection). So a head that gives up (its
+timeout, a cancellation) after its offer was claimed releases by its token; the
+release's tombstone also stops a hand-over that reaches the server later.
+(2) Only when the script gave the lock: otherwise another process was first in line,
+and the head waits for its own process's turn (or its fallback re-check).
+
+The queue also keeps what the process knows of its place in the lock's line in Redis
+(``in_line``), so that it leaves the line when its last waiter goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from ._aio import spawn, within
+from ._errors import LockBackendError
+from ._notify import Notifier
+from ._resource import BACKEND_ERRORS, Place, Resource, Successor, release_by_token
+
+_log = logging.getLogger("asynclock")
+
+# How many times in a row a release may hand the lock to a waiter of its own process
+# while another process is first in line: a short run saves the cross-process wake-up,
+# and the bound keeps the other processes' turn near.
+LOCAL_RUN: Final = 8
+
+#: Gives up a process's place in a lock's line: ``leave_line(process_id)``.
+LeaveLine = Callable[[str], Coroutine[Any, Any, None]]
+
+
+@dataclass(slots=True)
+class Offer:
+    """The head's standing offer to take the lock from a release in its own process.
+
+    :ivar token: the head's token, which holds the lock after a hand-over
+    :ivar ttl_ms: the head's lease time to live, in milliseconds
+    :ivar claimed: a release is handing over to it (see the module's note (1))
+    :ivar granted: once handed over: when the hand-over was sent, and the fencing
+        tokens
+    """
+
+    token: str
+    ttl_ms: int
+    claimed: bool = False
+    granted: tuple[float, tuple[int, ...]] | None = None
+
+
+class LocalQueue:
+    """The waiters of one process for one lock: a FIFO lock and a wake-up event.
+
+    :ivar notifier: the client's notifier, whose id is the process's in the line
+    :ivar users: coroutines in the queue, the head included
+    :ivar event: set by a release notification, or by a release of this process
+    :ivar in_line: whether the process stands in the lock's line in Redis
+    """
+
+    __slots__ = (
+        "_handed_over",
+        "_leave_line",
+        "_local_run",
+        "_offer",
+        "_watching",
+        "channels",
+        "event",
+        "in_line",
+        "notifier",
+        "turn",
+        "users",
+    )
+
+    def __init__(self, notifier: Notifier, channels: tuple[str, ...], leave_line: LeaveLine):
+        self.notifier = notifier
+        self.channels = channels
+        self._leave_line = leave_line
+        self.users = 0
+        self.event = asyncio.Event()
+        self.in_line = False
+        #: Held by the head: one coroutine at a time talks to Redis for this lock.
+        self.turn = asyncio.Lock()
+        self._watching = False
+        self._offer: Offer | None = None
+        # How many releases in a row have handed over inside this process.
+        self._local_run = 0
+        # Set when a coroutine of this queue has just taken the lock: the next one
+        # then knows it is held, and waits for its release without a useless try.
+        self._handed_over = False
+
+    # -- the head's side ---------------------------------------------------------------
+
+    def place_on_success(self) -> Place:
+        """What an acquire by the head should do with the process's place in line."""
+        if self.users > 1:
+            return Place.BACK  # more of us wait: let the other processes go first
+        return Place.LEAVE if self.in_line else Place.NONE
+
+    def tried(self, acquired: bool, place: Place) -> None:
+        """Note the outcome of a try made with the process's id."""
+        if not acquired or place is Place.BACK:
+            self.in_line = True  # refused (the script put us in line), or moved back
+        elif place is Place.LEAVE:
+            self.in_line = False
+
+    def took_lock(self, exclusive: bool) -> None:
+        """Note that the head has just taken the lock.
+
+        The next in line then waits for its release (a notification, or a hand-over)
+        before its first try, unless the lock admits more holders (a semaphore).
+        Notifications of earlier releases are dropped now: the one it waits for can
+        only come after this acquisition.
+        """
+        self._handed_over = exclusive
+        self.event.clear()
+
+    def take_held_by_predecessor(self) -> bool:
+        """Whether the previous head of this queue holds the lock (asked once)."""
+        held, self._handed_over = self._handed_over, False
+        return held
+
+    async def watch(self) -> None:
+        """Subscribe to the lock's channels, once per queue, confirmed by the server."""
+        if not self._watching:
+            await self.notifier.watch(self.channels, self.event)
+            self._watching = True
+
+    async def wait_for_release(self, offer: Offer, timeout: float) -> None:
+        """Wait up to ``timeout`` for a release, offering to take the lock from it.
+
+        Returns when a release notification comes, a release of this process wakes
+        the head (``offer.granted`` tells whether it handed the lock over), or the
+        time is up. The offer is withdrawn however the wait ends; whether it was
+        claimed meanwhile stays on it.
+        """
+        self._offer = offer
+        try:
+            # Subscribed, so that a release by another process reaches us too: the
+            # process may stand in line (moved to its back) without ever having
+            # been refused. A no-op once the queue's channels are subscribed.
+            await self.watch()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.event.wait()
+        finally:
+            if self._offer is offer:
+                self._offer = None
+
+    def close(self) -> None:
+        """The last waiter has gone: leave the lock's line, stop watching its channels.
+
+        The line is left in the background: a place left behind only delays the other
+        processes until it lapses, and the last waiter should not wait for this.
+        """
+        if self.in_line:
+            spawn(_leave_line(self._leave_line, self.notifier.id))
+        if self._watching:
+            self.notifier.unwatch(self.channels, self.event)
+
+    # -- the releaser's side -----------------------------------------------------------
+
+    async def release(self, resource: Resource, client: Any, token: str, timeout: float) -> bool:
+        """Release ``token``'s hold, giving the lock to the head if it offers to take it.
+
+        :returns: whether ``token`` still held everything it released
+        :raises LockBackendError: the release failed or took longer than ``timeout``
+        """
+        offer = self._offer
+        if offer is None or offer.claimed:
+            released = await release_by_token(resource, client, token, timeout)
+            if offer is None:
+                # A coroutine of this process waits but has not yet offered to take
+                # over (a body that released without ever yielding): it may not hear
+                # of this release otherwise, so wake it to try.
+                self.event.set()
+            return released
+        # Unless another process's turn comes first, the head gets the lock in the
+        # same script call.
+        offer.claimed = True
+        place = self.place_on_success()
+        successor = Successor(
+            offer.token, offer.ttl_ms, self.notifier.id, place, self._local_run < LOCAL_RUN
+        )
+        sent = time.monotonic()
+        try:
+            result = await within(resource.hand_over(client, token, successor), timeout)
+        except (TimeoutError, *BACKEND_ERRORS) as exc:
+            self.in_line = True  # the script may have put the process in line
+            raise LockBackendError(resource.description, "release", exc) from exc
+        if result.fencing_tokens is None:
+            # Another process's turn (or the lease was lost): the release woke the
+            # first process in line and put this one at the back. The head is not
+            # woken to race it; it tries when its process's turn comes (or at its
+            # fallback re-check).
+            self._local_run = 0
+            self.in_line = True
+        else:
+            offer.granted = (sent, result.fencing_tokens)
+            self.tried(True, place)
+            self._local_run += 1
+            self.event.set()
+        return result.released
+
+
+# The queues of each client's process, by the lock's channels.
+_queues: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], LocalQueue]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def queue_for(client: Any, channels: tuple[str, ...]) -> LocalQueue | None:
+    """The process's queue of waiters for the lock on ``channels``, if anyone waits."""
+    queues = _queues.get(client)
+    return None if queues is None else queues.get(channels)
+
+
+@contextlib.asynccontextmanager
+async def queued(
+    client: Any, notifier: Notifier, channels: tuple[str, ...], leave_line: LeaveLine
+) -> AsyncIterator[LocalQueue]:
+    """Take a place in this process's queue for the lock, and wait to be its head.
+
+    Taking a place costs no round trip, so an uncontended acquire is still one script
+    call.
+    """
+    queues = _queues.get(client)
+    if queues is None:
+        queues = _queues[client] = {}
+    queue = queues.get(channels)
+    if queue is None:
+        queue = queues[channels] = LocalQueue(notifier, channels, leave_line)
+    queue.users += 1
+    try:
+        async with queue.turn:
+            yield queue
+    finally:
+        queue.users -= 1
+        if queue.users == 0:
+            del queues[channels]
+            queue.close()
+
+
+async def _leave_line(leave_line: LeaveLine, process_id: str) -> None:
+    try:
+        await leave_line(process_id)
+    except (RedisError, OSError) as exc:
+        _log.debug("leaving a line of waiters failed: %r", exc)

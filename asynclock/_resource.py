@@ -1,0 +1,189 @@
+"""What a primitive contributes to the lease lifecycle: a :class:`Resource`.
+
+A resource is the keys and scripts of one primitive (``NamedLocks`` behind ``Mutex``
+and ``MultiLock``, ``SemaphorePermits`` behind ``Semaphore``). Every method is one
+atomic script call (or one read) keyed by the caller's token, so the lifecycle can
+retry, extend and clean up without knowing the data layout. The value types here are
+what crosses that boundary; the helpers at the end are the token-keyed calls that
+every part of the lifecycle shares, with their errors mapped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+from redis.exceptions import RedisClusterException, RedisError
+
+from ._aio import within
+from ._errors import LockBackendError
+
+_log = logging.getLogger("asynclock")
+
+#: What a failing Redis call raises: redis-py's errors (a cluster client's routing
+#: errors are not RedisError) and the OS's socket errors.
+BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+
+class Place(StrEnum):
+    """What a successful acquire does with its process's place in the lock's line.
+
+    The values are what the scripts receive (``ARGV``), see ``scripts/common.lua``.
+    """
+
+    #: Nothing: the process does not stand in line.
+    NONE = ""
+    #: Give the place up: nobody else of the process waits for this lock.
+    LEAVE = "leave"
+    #: Move it to the back: more coroutines of the process wait, the others go first.
+    BACK = "back"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The answer of one acquire attempt.
+
+    :ivar acquired: whether the caller now holds the lease
+    :ivar fencing_tokens: one fencing token per name, when acquired
+    :ivar retry_after: when not acquired, seconds until the holder's lease runs out,
+        if known; a waiter never sleeps longer than this
+    """
+
+    acquired: bool
+    fencing_tokens: tuple[int, ...]
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """The waiter of this process a release may hand the lock to, and on what terms.
+
+    :ivar token: the waiter's token, which holds the lock after a hand-over
+    :ivar ttl_ms: the waiter's lease time to live, in milliseconds
+    :ivar waiter: the process's id in the lock's line
+    :ivar place: what the hand-over does with the process's place in line
+    :ivar jump_line: hand over even when another process is first in line (a short
+        run of hand-overs inside one process, bounded by the caller)
+    """
+
+    token: str
+    ttl_ms: int
+    waiter: str = ""
+    place: Place = Place.NONE
+    jump_line: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """The answer of a release that may hand over: released, and the successor's grant.
+
+    :ivar released: whether the caller's token still held everything it released
+    :ivar fencing_tokens: the successor's fencing tokens if it got the lock, else ``None``
+    """
+
+    released: bool
+    fencing_tokens: tuple[int, ...] | None
+
+
+class Resource(Protocol):
+    """The keys and scripts of one primitive: all it adds to the shared lifecycle."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name(s) of the lock, one fencing token each."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """The lock's name(s), for messages."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """The lock's main Redis key, for events."""
+        ...
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The pub/sub channels its releases are published on."""
+        ...
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether one holder excludes every other (so the next waiter need not try)."""
+        ...
+
+    async def acquire(
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
+    ) -> Grant:
+        """Try once to take the lease for ``token`` with a ``ttl_ms`` expiry.
+
+        ``waiter`` is the id of the waiting process (its notifier), or ``""``; a
+        resource that keeps a line of waiting processes (to wake only the first at a
+        release) puts it in line when refused, and on success does what ``place``
+        says. A resource without a line ignores both.
+        """
+        ...
+
+    async def leave_line(self, client: Any, waiter: str) -> None:
+        """Give up ``waiter``'s place in line (nothing, for a resource without one)."""
+        ...
+
+    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
+        """Reset the expiry to ``ttl_ms`` if ``token`` still holds; never re-create."""
+        ...
+
+    async def release(self, client: Any, token: str) -> bool:
+        """Give back what ``token`` holds; report whether it held all of it."""
+        ...
+
+    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
+        """Release, or give the lock straight to ``to`` (a waiter of this process).
+
+        A resource that cannot hand over releases, and says so with no fencing tokens.
+        """
+        ...
+
+    async def locked(self, client: Any) -> bool:
+        """Report whether anyone holds the lock (for a semaphore: too few permits free)."""
+        ...
+
+
+async def release_by_token(resource: Resource, client: Any, token: str, timeout: float) -> bool:
+    """Delete whatever ``token`` holds, within ``timeout`` seconds; map failures.
+
+    The token is unique, so releasing by it is safe whatever happened to it: held,
+    expired, already released, or never acquired (the release's tombstone then
+    refuses an acquire with this token that reaches the server later).
+    """
+    try:
+        return await within(resource.release(client, token), timeout)
+    except (TimeoutError, *BACKEND_ERRORS) as exc:
+        raise LockBackendError(resource.description, "release", exc) from exc
+
+
+async def shorten_by_token(
+    resource: Resource, client: Any, token: str, ttl_ms: int, timeout: float
+) -> bool:
+    """Set what ``token`` holds to expire in ``ttl_ms``, within ``timeout`` seconds.
+
+    A release with ``hold_at_least``: the key stays until then, then frees itself.
+    """
+    try:
+        return await within(resource.extend(client, token, ttl_ms), timeout)
+    except (TimeoutError, *BACKEND_ERRORS) as exc:
+        raise LockBackendError(resource.description, "release", exc) from exc
+
+
+async def clean_up(resource: Resource, client: Any, token: str, timeout: float) -> None:
+    """Best-effort release by token, after an acquire of unknown outcome or a loss."""
+    try:
+        await release_by_token(resource, client, token, timeout)
+    except LockBackendError as exc:
+        _log.warning(
+            "could not clean up lock %r; it expires on its own within its TTL: %s",
+            resource.description,
+            exc,
+        )
