@@ -41,7 +41,7 @@ from typing import Any, Final
 from ._aio import complete_despite_cancel, spawn
 from ._errors import LockBackendError
 from ._lease import Lease
-from ._notify import Notifier, notifier_for
+from ._notify import Notifier
 from ._queue import LocalQueue, Offer, queued
 from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
 from ._retry import DEFAULT_RETRY, RetryStrategy
@@ -87,7 +87,9 @@ class Acquisition:
         client: Any,
         policy: LeasePolicy,
         retry: RetryStrategy | None,
-        blocking: bool,
+        notifier: Notifier | None,
+        *,
+        blocking: bool = True,
     ) -> None:
         self._resource = resource
         self._client = client
@@ -96,7 +98,8 @@ class Acquisition:
         self.in_flight = False
         self.maybe_handed = False
         self.handed_over = False
-        self._notifier = notifier_for(client) if blocking else None
+        # Without one (not blocking, or a client without a usable pub/sub), it polls.
+        self._notifier = notifier if blocking else None
         self._delays: Iterator[float]
         if not blocking:
             self._delays = iter(())

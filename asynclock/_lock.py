@@ -21,6 +21,7 @@ import redis.asyncio
 from ._acquire import Acquisition
 from ._errors import LockBackendError, LockError, LockNotAcquired, LockNotOwned
 from ._lease import Lease
+from ._notify import notifier_for
 from ._queue import queue_for
 from ._resource import BACKEND_ERRORS, Resource
 from ._retry import RetryStrategy
@@ -244,7 +245,10 @@ class LeaseLock:
             if old.ended and (acquirer is task or acquirer.done()):
                 del self._leases[acquirer]
 
-        acquisition = Acquisition(self._resource, self._client, self._policy, self._retry, blocking)
+        notifier = notifier_for(self._client) if blocking else None
+        acquisition = Acquisition(
+            self._resource, self._client, self._policy, self._retry, notifier, blocking=blocking
+        )
         lease = await acquisition.run(wait_limit)
         if lease is None:
             return False
