@@ -128,9 +128,10 @@ class Acquisition:
         scope = None if wait_limit is None else asyncio.timeout(wait_limit)
         try:
             if scope is None:  # no deadline: no timer to set and cancel
-                return await self._tries()
-            async with scope:
-                return await self._tries()
+                lease = await self._tries()
+            else:
+                async with scope:
+                    lease = await self._tries()
         except TimeoutError as exc:
             if scope is None or not scope.expired():  # a socket timeout, not the end of our wait
                 await self._abandon()
@@ -148,6 +149,11 @@ class Acquisition:
         except BACKEND_ERRORS as exc:
             await self._abandon()
             raise LockBackendError(self._resource.description, "acquire", exc) from exc
+        if lease is None and self.may_hold:
+            # The strategy gave up while a hand-over to our token may still reach the
+            # server: its tombstone refuses the hand-over, or this frees what it gave.
+            await self._abandon()
+        return lease
 
     async def _tries(self) -> Lease | None:
         """Try, wait and retry; :meth:`run` bounds it with the wait's deadline."""

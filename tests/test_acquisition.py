@@ -557,14 +557,6 @@ async def test_a_head_whose_wait_runs_out_after_its_offer_was_claimed_releases_b
     assert resource.holder() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Acquisition.run returns None without a release by token when the retry "
-        "strategy gives up while a hand-over it may hold (maybe_handed) is in flight: "
-        "the hand-over then leaves the lock held under the abandoned token until its TTL"
-    ),
-)
 async def test_a_head_whose_strategy_gives_up_after_its_offer_was_claimed_releases_by_its_token(
     recheck: Callable[[float], None],
 ) -> None:
