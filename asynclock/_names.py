@@ -167,7 +167,7 @@ class NamedLocks:
             "1" if to.jump_line else "",
             PLACE_MS,
         )
-        reply = await _scripts.RELEASE(client, self.keys, args)
+        reply = await _scripts.HAND_OVER(client, self.keys, args)
         fences = tuple(map(int, reply[1:])) or None
         return HandOver(int(reply[0]) == len(self.names), fences)
 

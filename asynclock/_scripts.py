@@ -46,6 +46,9 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
+# The scripts of NamedLocks (asynclock/_names.py), one per method of a Resource
+# (asynclock/_lease.py). Each that uses common.lua gets it in front.
 ACQUIRE = Script.load("acquire", after=("common",))
 EXTEND = Script.load("extend")
 RELEASE = Script.load("release", after=("common",))
+HAND_OVER = Script.load("hand_over", after=("common",))

@@ -20,9 +20,14 @@
 --         that was already released). A refused caller with an id takes (or renews)
 --         a place in the line of every name.
 --
--- The line decides only whom a release wakes first (see release.lua), never who
--- may take the lock: a waiter that crashed costs the others at most their fallback
--- re-check, and its place lapses on its own.
+-- Built here rather than passed in KEYS: the tombstone `<owner key>:released:<token>`
+-- that a release of ARGV[1] left (read only). On Redis Cluster it is in the owner
+-- key's slot: it is the owner key plus a suffix, and the owner key's hash tag `{...}`
+-- (in each of the three forms of asynclock/_names.py base_key) comes before it.
+--
+-- The line decides only whom a release wakes first (see release_names in common.lua),
+-- never who may take the lock: a waiter that crashed costs the others at most their
+-- fallback re-check, and its place lapses on its own.
 --
 -- A name already holding ARGV[1] counts as ours: a retried acquire whose first try
 -- reached the server (its reply lost) gets the same lease back, with a fresh TTL and
@@ -47,7 +52,7 @@ for i = 1, #KEYS, 4 do
       return {0, redis.call('PTTL', KEYS[i])}
     end
     ours[i] = true
-  elseif redis.call('EXISTS', KEYS[i] .. ':released:' .. token) == 1 then
+  elseif was_released(KEYS[i], token) then
     -- This token was already given back (its release ran before this acquire, as
     -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
     return {0, -1}

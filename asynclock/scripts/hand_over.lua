@@ -1,0 +1,78 @@
+-- Hand the caller's names straight to its successor in the same process, or, when
+-- that may not be, release them as release.lua does.
+--
+-- KEYS: four keys per name, as in acquire.lua: owner, fence, line, alive
+-- ARGV[1]: the caller's token
+-- ARGV[2]: how long, in milliseconds, to remember that the token released them
+-- ARGV[3]: the token of the next waiter of the caller's process, or '' (none)
+-- ARGV[4]: its lease time to live, in milliseconds
+-- ARGV[5]: the process's id in the lines of waiters
+-- ARGV[6]: what becomes of the process's place in line when it hands over ('',
+--          'leave', 'back': as in acquire.lua)
+-- ARGV[7]: '1' if the process may hand over even when another process is first in
+--          line (a short run of hand-overs inside one process, bounded by the client)
+-- ARGV[8]: how long a place in line lasts unless renewed, in milliseconds
+--
+-- Built here rather than passed in KEYS: the tombstones `<owner key>:released:<token>`
+-- of the caller's token (left on every name) and of the successor's (read). On Redis
+-- Cluster they are in the owner key's slot: each is the owner key plus a suffix, and
+-- the owner key's hash tag `{...}` (in each of the three forms of asynclock/_names.py
+-- base_key) comes before that suffix.
+--
+-- Returns {released, fence_1, ..., fence_n} when the names went to the successor,
+-- {released} otherwise, with `released` as in release.lua.
+--
+-- A hand-over happens only when the caller held every name, the successor's token
+-- was never released (it was not given up meanwhile), and, unless ARGV[7] says
+-- otherwise, no other process is first in any name's line. It is a release and an
+-- acquire in one step: the successor's lease starts now, with new fencing tokens.
+--
+-- Otherwise the names are released as by release.lua (each published to the first
+-- in its line); when another process was first in line, the caller's process, whose
+-- successor still waits, also goes to the back of every name's line.
+local token = ARGV[1]
+local successor = ARGV[3] or ''
+local waiter = ARGV[5] or ''
+local place = ARGV[6] or ''
+local place_ms = tonumber(ARGV[8] or '0')
+
+-- May the names go straight to the successor?
+local hand_over = successor ~= ''
+local not_our_turn = false
+if hand_over then
+  for i = 1, #KEYS, 4 do
+    local owner = KEYS[i]
+    if redis.call('GET', owner) ~= token or was_released(owner, successor) then
+      hand_over = false
+      break
+    end
+    if ARGV[7] ~= '1' then
+      local first = first_of(i)
+      if first and first ~= '' and first ~= waiter then
+        hand_over = false  -- another process waits longer: its turn
+        not_our_turn = true
+        break
+      end
+    end
+  end
+end
+
+if hand_over then
+  local granted = {#KEYS / 4}
+  for i = 1, #KEYS, 4 do
+    local owner, fence_key, line, alive = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
+    redis.call('SET', owner, successor, 'PX', ARGV[4])
+    granted[#granted + 1] = next_fence(fence_key)
+    take_place(line, alive, waiter, place, place_ms)
+    remember_release(owner, token, ARGV[2])
+  end
+  return granted
+end
+
+-- The successor still waits when it was not our turn: the process queues behind the
+-- others for its turn (a release then names it), rather than re-checking on its own.
+local requeue = nil
+if not_our_turn then
+  requeue = waiter
+end
+return {release_names(token, ARGV[2], requeue, place_ms)}
