@@ -46,9 +46,14 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-# The scripts of NamedLocks (asynclock/_names.py), one per method of a Resource
-# (asynclock/_lease.py). Each that uses common.lua gets it in front.
+# Every script of the package, one per method of a Resource (asynclock/_lease.py):
+# NamedLocks (asynclock/_names.py) runs the first four, SemaphorePermits
+# (asynclock/_semaphore.py) the others. Each that uses common.lua gets it in front.
 ACQUIRE = Script.load("acquire", after=("common",))
 EXTEND = Script.load("extend")
 RELEASE = Script.load("release", after=("common",))
 HAND_OVER = Script.load("hand_over", after=("common",))
+SEMAPHORE_ACQUIRE = Script.load("semaphore_acquire")
+SEMAPHORE_EXTEND = Script.load("semaphore_extend")
+SEMAPHORE_RELEASE = Script.load("semaphore_release")
+SEMAPHORE_INSPECT = Script.load("semaphore_inspect")

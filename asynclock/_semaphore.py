@@ -26,11 +26,6 @@ from ._names import DEFAULT_PREFIX, RELEASE_TOMBSTONE_MS, base_key
 from ._resource import Grant, HandOver, Place, Successor
 from ._validate import check_count, check_name, check_prefix
 
-_ACQUIRE = _scripts.Script.load("semaphore_acquire")
-_EXTEND = _scripts.Script.load("semaphore_extend")
-_RELEASE = _scripts.Script.load("semaphore_release")
-_INSPECT = _scripts.Script.load("semaphore_inspect")
-
 
 class LimitMismatch(LockError):
     """A semaphore was acquired with a limit other than the one its live holders use.
@@ -101,7 +96,9 @@ class SemaphorePermits:
         A semaphore keeps no line of waiters: a release wakes every waiting process,
         since the permit may suit any of them (``waiter`` and ``place`` are ignored).
         """
-        reply = await _ACQUIRE(client, self.keys, (token, ttl_ms, self.limit, self.permits))
+        reply = await _scripts.SEMAPHORE_ACQUIRE(
+            client, self.keys, (token, ttl_ms, self.limit, self.permits)
+        )
         status, value = int(reply[0]), int(reply[1])
         if status == 1:
             return Grant(True, (value,))
@@ -111,11 +108,12 @@ class SemaphorePermits:
 
     async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
         """Reset the holder's expiry if it is still live; never revive it."""
-        return int(await _EXTEND(client, self.keys[:3], (token, ttl_ms))) == 1
+        return int(await _scripts.SEMAPHORE_EXTEND(client, self.keys[:3], (token, ttl_ms))) == 1
 
     async def release(self, client: Any, token: str) -> bool:
         """Give the permits back; report whether the holder was still live."""
-        return int(await _RELEASE(client, self.keys[:2], (token, RELEASE_TOMBSTONE_MS))) == 1
+        args = (token, RELEASE_TOMBSTONE_MS)
+        return int(await _scripts.SEMAPHORE_RELEASE(client, self.keys[:2], args)) == 1
 
     async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
         """Release: the permits go back to everyone waiting, not to one successor."""
@@ -126,7 +124,7 @@ class SemaphorePermits:
 
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""
-        reply = await _INSPECT(client, self.keys[:3], ())
+        reply = await _scripts.SEMAPHORE_INSPECT(client, self.keys[:3], ())
         return int(reply[0]), int(reply[1]), int(reply[2])
 
     async def locked(self, client: Any) -> bool:
