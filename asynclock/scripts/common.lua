@@ -1,14 +1,15 @@
--- Shared by acquire.lua, release.lua and hand_over.lua: put in front of each when it
--- is loaded (see asynclock/_scripts.py), so they all read the clock, compute fencing
--- tokens, keep tombstones and lines alike. It only defines local functions: nothing
--- runs, not even TIME, until a script calls one.
+-- Shared by every script but extend.lua: put in front of each when it is loaded (see
+-- asynclock/_scripts.py), so they all read the clock, compute fencing tokens, keep
+-- tombstones and lines alike. It only defines local functions: nothing runs, not even
+-- TIME, until a script calls one.
 --
 -- function                          used by (scripts; functions of this file)
 -- clock_us(), clock_ms()            all of them, directly or through those below
--- next_fence(fence_key)             acquire, hand_over
+-- next_fence(fence_key)             acquire, hand_over, semaphore_acquire
 -- tombstone(key, token)             was_released, remember_release
--- was_released(key, token)          acquire, hand_over; release_names
--- remember_release(key, token, ms)  hand_over; release_names
+-- was_released(key, token)          acquire, hand_over, semaphore_acquire,
+--                                   semaphore_release; release_names
+-- remember_release(key, token, ms)  hand_over, semaphore_release; release_names
 -- lapse_at(place_ms)                stand_in_line
 -- stand_in_line(...)                acquire; take_place, release_names
 -- leave_line(line, alive, waiter)   take_place, first_in_line
@@ -51,11 +52,11 @@ local function next_fence(fence_key)
 end
 
 -- A release's tombstone, `<key>:released:<token>`: the only key a script builds
--- rather than takes in KEYS. It is `key` with a suffix, and `key` (an owner key, from
--- asynclock/_names.py base_key, whose prefix holds no braces) has a complete,
--- non-empty hash tag `{...}` before the suffix in each of its three forms. Redis
--- hashes the first such tag only, so on Redis Cluster the tombstone lives in the
--- same slot as `key`, whatever the token.
+-- rather than takes in KEYS. It is `key` with a suffix, and `key` (an owner key or a
+-- semaphore's holders key, from asynclock/_names.py base_key, whose prefix holds no
+-- braces) has a complete, non-empty hash tag `{...}` before the suffix in each of
+-- its three forms. Redis hashes the first such tag only, so on Redis Cluster the
+-- tombstone lives in the same slot as `key`, whatever the token.
 local function tombstone(key, token)
   return key .. ':released:' .. token
 end

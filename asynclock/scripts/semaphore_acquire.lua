@@ -14,12 +14,16 @@
 --
 -- Expiry is read from the server clock (TIME), never from the callers', so clients
 -- with skewed clocks can neither steal permits nor keep them past their TTL.
+--
+-- Built here rather than passed in KEYS: the tombstone `<holders key>:released:<token>`
+-- that a release of ARGV[1] left (read only). On Redis Cluster it is in the holders
+-- key's slot: it is the holders key plus a suffix, and the holders key's hash tag
+-- `{...}` (in each of the three forms of asynclock/_names.py base_key) comes before it.
 local holders, permits_key, limit_key, fence_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 local limit, wanted = tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = clock_ms()
 
 -- Purge the holders whose lease has run out.
 local expired = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
@@ -28,7 +32,7 @@ if #expired > 0 then
   redis.call('HDEL', permits_key, unpack(expired))
 end
 
-if redis.call('EXISTS', holders .. ':released:' .. token) == 1 then
+if was_released(holders, token) then
   return {0, -1}  -- this token was already given back: it must not take anything
 end
 
@@ -60,14 +64,9 @@ if in_use + wanted > limit then
   return {0, tonumber(first[2]) - now}
 end
 
--- One more than the last, never below the server clock in microseconds: fencing
--- tokens keep increasing across restarts and failovers that set the counter back.
-local fence = redis.call('INCR', fence_key)
-local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
-if fence < now_us then
-  fence = now_us
-  redis.call('SET', fence_key, string.format('%.0f', fence))
-end
+-- Fenced like a lock's name (see next_fence in common.lua): strictly increasing, and
+-- never below the server clock in microseconds.
+local fence = next_fence(fence_key)
 redis.call('ZADD', holders, now + ttl, token)
 -- '%.0f': a plain `..` would write a large number as 1.7955e+15.
 redis.call('HSET', permits_key, token, wanted .. ':' .. string.format('%.0f', fence))

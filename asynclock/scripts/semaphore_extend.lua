@@ -8,8 +8,7 @@
 local holders, permits_key, limit_key = KEYS[1], KEYS[2], KEYS[3]
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = clock_ms()
 
 local expiry = redis.call('ZSCORE', holders, token)
 if not expiry or tonumber(expiry) <= now then

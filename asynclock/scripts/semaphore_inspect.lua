@@ -5,8 +5,7 @@
 -- Returns {live holders, permits they hold, limit in force or -1 when unused}.
 local holders, permits_key, limit_key = KEYS[1], KEYS[2], KEYS[3]
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = clock_ms()
 
 local live = redis.call('ZRANGEBYSCORE', holders, '(' .. now, '+inf')
 local in_use = 0

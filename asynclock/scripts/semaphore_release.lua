@@ -7,24 +7,26 @@
 -- Returns 1 when the token was a live holder (now, or at an earlier call with the
 -- same token: a tombstone `<holders>:released:<token>` remembers it), 0 when it was
 -- gone or had expired. It is removed either way.
+--
+-- Built here rather than passed in KEYS: that tombstone, read and then left. On Redis
+-- Cluster it is in the holders key's slot: it is the holders key plus a suffix, and
+-- the holders key's hash tag `{...}` (in each of the three forms of
+-- asynclock/_names.py base_key) comes before it.
 local holders, permits_key = KEYS[1], KEYS[2]
 local token = ARGV[1]
-local tombstone = holders .. ':released:' .. token
 
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = clock_ms()
 
 local expiry = redis.call('ZSCORE', holders, token)
 redis.call('ZREM', holders, token)
 redis.call('HDEL', permits_key, token)
 local released = 0
-if (expiry and tonumber(expiry) > now) or redis.call('EXISTS', tombstone) == 1 then
+if (expiry and tonumber(expiry) > now) or was_released(holders, token) then
   released = 1
 end
 if expiry then
   redis.call('PUBLISH', holders, '')  -- a permit came back: wake the waiters
 end
--- Left even when there was nothing to release: an acquire with this token that
--- reaches the server later (reordered behind its own clean-up) is then refused.
-redis.call('SET', tombstone, 1, 'PX', ARGV[2])
+-- Left even when there was nothing to release (see remember_release in common.lua).
+remember_release(holders, token, ARGV[2])
 return released
