@@ -62,7 +62,7 @@ def test_every_error_is_a_lock_error() -> None:
 def test_the_package_ships_its_types_and_scripts() -> None:
     files = resources.files("asynclock")
     assert files.joinpath("py.typed").is_file()
-    scripts = ["acquire", "extend", "release"]
+    scripts = ["common", "acquire", "extend", "release", "hand_over"]
     scripts += ["semaphore_acquire", "semaphore_extend", "semaphore_release", "semaphore_inspect"]
     for script in scripts:
         assert files.joinpath("scripts", f"{script}.lua").is_file()

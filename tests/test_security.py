@@ -19,7 +19,7 @@ from .proxy import FaultProxy
 ACL_RULES = (
     "resetkeys", "~asynclock:*", "resetchannels", "&asynclock:*", "-@all",
     "+evalsha", "+eval", "+exists", "+publish", "+subscribe", "+unsubscribe",
-    "+get", "+set", "+pttl", "+pexpire", "+incr", "+del", "+time",
+    "+get", "+set", "+pttl", "+pexpire", "+del", "+time",
     "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore",
 )  # fmt: skip
 #: What a Semaphore needs on top, as documented in README.md.
