@@ -31,7 +31,6 @@ wait for its release (which may hand the lock straight over) before its first tr
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import secrets
 import time
@@ -42,7 +41,7 @@ from ._aio import complete_despite_cancel, spawn
 from ._errors import LockBackendError
 from ._lease import Lease
 from ._notify import Notifier
-from ._queue import LocalQueue, Offer, queued
+from ._queue import LocalQueue, Offer, join_queue
 from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
 from ._retry import DEFAULT_RETRY, RetryStrategy
 from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
@@ -174,37 +173,45 @@ class Acquisition:
             await asyncio.sleep(delay)
 
     async def _wait_in_queue(self, notifier: Notifier) -> Lease | None:
-        resource, client = self._resource, self._client
-        leave_line = functools.partial(resource.leave_line, client)
-        async with queued(client, notifier, resource.channels, leave_line) as queue:
-            if queue.take_held_by_predecessor():
-                # The previous head of this process holds the lock: its release hands
-                # the lock straight to us, or wakes us to try.
-                lease = await self._wait_for_release(queue, _NOTIFIED_RECHECK)
+        # A place in the process's queue costs no round trip: an uncontended acquire
+        # is still one script call.
+        queue = join_queue(self._client, notifier, self._resource)
+        try:
+            async with queue.turn:
+                return await self._as_head(queue)
+        finally:
+            queue.leave()
+
+    async def _as_head(self, queue: LocalQueue) -> Lease | None:
+        """Try, wait and retry as the head of the process's queue for the lock."""
+        if queue.take_held_by_predecessor():
+            # The previous head of this process holds the lock: its release hands the
+            # lock straight to us, or wakes us to try.
+            lease = await self._wait_for_release(queue, _NOTIFIED_RECHECK)
+            if lease is not None:
+                return lease
+        lease, grant = await self._try(queue)
+        if lease is not None:
+            return lease
+        pause = next(self._delays, None)
+        if pause is None:
+            return None
+        await queue.watch()  # subscribed (confirmed) before the read below
+        # A release between the try and the subscription was published to nobody.
+        free = not await self._resource.locked(self._client)
+        while True:
+            if not free:
+                lease = await self._wait_out(queue, pause, grant.retry_after)
                 if lease is not None:
                     return lease
+            free = False
+            queue.event.clear()
             lease, grant = await self._try(queue)
             if lease is not None:
                 return lease
-            pause = next(self._delays, None)
+            pause = next(self._delays, None)  # the strategy may give up
             if pause is None:
                 return None
-            await queue.watch()  # subscribed (confirmed) before the read below
-            # A release between the try and the subscription was published to nobody.
-            free = not await resource.locked(client)
-            while True:
-                if not free:
-                    lease = await self._wait_out(queue, pause, grant.retry_after)
-                    if lease is not None:
-                        return lease
-                free = False
-                queue.event.clear()
-                lease, grant = await self._try(queue)
-                if lease is not None:
-                    return lease
-                pause = next(self._delays, None)  # the strategy may give up
-                if pause is None:
-                    return None
 
     async def _wait_out(
         self, queue: LocalQueue, pause: float, retry_after: float | None
@@ -254,8 +261,10 @@ class Acquisition:
         self.in_flight = False
         if not grant.acquired:
             return None, grant
-        lease = await self._lease_in_time(sent, grant.fencing_tokens)
-        if lease is not None and queue is not None:
+        lease = self._lease_if_in_time(sent, grant.fencing_tokens)
+        if lease is None:
+            await self._give_back_late()
+        elif queue is not None:
             queue.took_lock(resource.exclusive)
         return lease, grant
 
@@ -278,36 +287,35 @@ class Acquisition:
             # lost, the next try with the same token finds the lock ours.
             return None
         sent, fencing_tokens = offer.granted
-        lease = await self._lease_in_time(sent, fencing_tokens)
-        if lease is not None:
+        lease = self._lease_if_in_time(sent, fencing_tokens)
+        if lease is None:
+            await self._give_back_late()
+        else:
             queue.took_lock(self._resource.exclusive)
             self.handed_over = True
         return lease
 
-    async def _lease_in_time(self, sent: float, fencing_tokens: tuple[int, ...]) -> Lease | None:
+    def _lease_if_in_time(self, sent: float, fencing_tokens: tuple[int, ...]) -> Lease | None:
         """The lease granted by a command sent at ``sent``, unless its answer came too late.
 
         Too late is past the lease's deadline on our clock (a stalled loop, a slow
-        network): the lease may already belong to someone else. It is given back by
-        token, and the call goes on with a new token.
+        network): the lease may already belong to someone else, and the caller gives
+        it back (:meth:`_give_back_late`).
         """
         policy = self._policy
-        if time.monotonic() < lease_deadline(sent, policy.ttl):
-            return Lease(
-                self._resource,
-                self._client,
-                policy,
-                self.token,
-                fencing_tokens,
-                sent,
-                time.monotonic(),
-            )
+        if time.monotonic() >= lease_deadline(sent, policy.ttl):
+            return None
+        return Lease(
+            self._resource, self._client, policy, self.token, fencing_tokens, sent, time.monotonic()
+        )
+
+    async def _give_back_late(self) -> None:
+        """Release a grant that came too late by its token; go on with a new token."""
         self.in_flight = True
         await release_by_token(self._resource, self._client, self.token, self._abandon_timeout())
         self.in_flight = False
         self.token = _new_token()
         self.maybe_handed = False
-        return None
 
     def _abandon_timeout(self) -> float:
         # Short: the caller is waiting for its error or cancellation to surface, and a

@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -93,6 +94,7 @@ class LocalQueue:
         "_leave_line",
         "_local_run",
         "_offer",
+        "_registry",
         "_watching",
         "channels",
         "event",
@@ -102,10 +104,17 @@ class LocalQueue:
         "users",
     )
 
-    def __init__(self, notifier: Notifier, channels: tuple[str, ...], leave_line: LeaveLine):
+    def __init__(
+        self,
+        notifier: Notifier,
+        channels: tuple[str, ...],
+        leave_line: LeaveLine,
+        registry: dict[tuple[str, ...], LocalQueue],
+    ):
         self.notifier = notifier
         self.channels = channels
         self._leave_line = leave_line
+        self._registry = registry
         self.users = 0
         self.event = asyncio.Event()
         self.in_line = False
@@ -177,12 +186,18 @@ class LocalQueue:
             if self._offer is offer:
                 self._offer = None
 
-    def close(self) -> None:
-        """The last waiter has gone: leave the lock's line, stop watching its channels.
+    def leave(self) -> None:
+        """Give up a place taken with :func:`join_queue`.
 
-        The line is left in the background: a place left behind only delays the other
-        processes until it lapses, and the last waiter should not wait for this.
+        When the last waiter has gone, the process leaves the lock's line and stops
+        watching its channels. The line is left in the background: a place left
+        behind only delays the other processes until it lapses, and the last waiter
+        should not wait for this.
         """
+        self.users -= 1
+        if self.users:
+            return
+        del self._registry[self.channels]
         if self.in_line:
             spawn(_leave_line(self._leave_line, self.notifier.id))
         if self._watching:
@@ -245,30 +260,19 @@ def queue_for(client: Any, channels: tuple[str, ...]) -> LocalQueue | None:
     return None if queues is None else queues.get(channels)
 
 
-@contextlib.asynccontextmanager
-async def queued(
-    client: Any, notifier: Notifier, channels: tuple[str, ...], leave_line: LeaveLine
-) -> AsyncIterator[LocalQueue]:
-    """Take a place in this process's queue for the lock, and wait to be its head.
-
-    Taking a place costs no round trip, so an uncontended acquire is still one script
-    call.
-    """
+def join_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+    """Take a place in this process's queue for ``resource``'s lock; leave with
+    :meth:`LocalQueue.leave`. The head is whoever holds :attr:`LocalQueue.turn`."""
     queues = _queues.get(client)
     if queues is None:
         queues = _queues[client] = {}
+    channels = resource.channels
     queue = queues.get(channels)
     if queue is None:
-        queue = queues[channels] = LocalQueue(notifier, channels, leave_line)
+        leave_line = functools.partial(resource.leave_line, client)
+        queue = queues[channels] = LocalQueue(notifier, channels, leave_line, queues)
     queue.users += 1
-    try:
-        async with queue.turn:
-            yield queue
-    finally:
-        queue.users -= 1
-        if queue.users == 0:
-            del queues[channels]
-            queue.close()
+    return queue
 
 
 async def _leave_line(leave_line: LeaveLine, process_id: str) -> None:

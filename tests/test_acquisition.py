@@ -16,6 +16,7 @@ and ``scripts/release.lua`` (tested themselves against a real server in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import time
@@ -30,7 +31,7 @@ from asynclock import _acquire
 from asynclock._acquire import Acquisition
 from asynclock._aio import _background
 from asynclock._lease import Lease
-from asynclock._queue import LOCAL_RUN, LocalQueue, Offer, queue_for, queued
+from asynclock._queue import LOCAL_RUN, LocalQueue, Offer, join_queue, queue_for
 from asynclock._resource import Grant, HandOver, Place, Successor
 from asynclock._retry import LimitRetries, LinearBackoff
 from asynclock._timing import LeasePolicy
@@ -792,10 +793,17 @@ async def _offering(queue: LocalQueue, timeout: float = BOUND) -> tuple[Offer, a
 _HEADS = itertools.count()
 
 
-def _queued(client: FakeClient, notifier: FakeNotifier, resource: InMemoryResource) -> Any:
-    return queued(
-        client, notifier, resource.channels, functools.partial(resource.leave_line, client)
-    )
+@contextlib.asynccontextmanager
+async def _queued(
+    client: FakeClient, notifier: FakeNotifier, resource: InMemoryResource
+) -> AsyncIterator[LocalQueue]:
+    """A place in the process's queue, held as its head (as an acquisition does)."""
+    queue = join_queue(client, notifier, resource)  # type: ignore[arg-type]
+    try:
+        async with queue.turn:
+            yield queue
+    finally:
+        queue.leave()
 
 
 async def _wait_turn(
