@@ -1,0 +1,223 @@
+"""Guards for bugs the rest of the suite let through when they were planted one at a time.
+
+Each test here failed with one realistic bug put into the package and passes without
+it (``make mutants`` plants them again): the drift allowance dropped after an
+extension, a waiter that checks the lock before it has subscribed, a notifier that
+keeps channels nobody waits on, ``extend_interval`` checked against the whole TTL, a
+release without its tombstone, and an ``async with`` exit that swallows ``LockLost``.
+Every test runs against the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import Lease, LockEvent, LockLost, MultiLock, Mutex, Semaphore, _scripts, subscribe
+from asynclock import _acquire as acquire_module
+from asynclock._notify import Notifier
+from asynclock._timing import drift_allowance
+
+from .conftest import owner_key
+
+
+async def until(condition: Callable[[], Any], seconds: float = 5.0) -> None:
+    """Poll ``condition()`` (a coroutine function or a plain one) until true."""
+    for _ in range(int(seconds / 0.02)):
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+# --- the lease's deadline keeps its drift allowance --------------------------------
+
+
+async def test_a_manual_extension_keeps_the_drift_allowance(client: redis.Redis) -> None:
+    ttl = 10.0
+    async with Mutex(client, "drift", ttl=ttl) as lease:
+        before = time.monotonic()
+        await lease.extend()
+        after = time.monotonic()
+    # From the extension's send, less the allowance: never the server's full TTL.
+    assert before + ttl - drift_allowance(ttl) <= lease.deadline
+    assert lease.deadline <= after + ttl - drift_allowance(ttl)
+
+
+async def test_a_watchdog_extension_keeps_the_drift_allowance(client: redis.Redis) -> None:
+    ttl = 1.0
+    held: list[Lease] = []
+    seen: list[tuple[float, float]] = []
+
+    def on_event(event: LockEvent) -> None:
+        if event.event == "lock_extended" and held:
+            # Called where the extension is recorded: now is at most a round trip
+            # after its send, far less than the 12 ms allowance.
+            seen.append((time.monotonic(), held[0].deadline))
+
+    stop = subscribe(on_event)
+    try:
+        async with Mutex(client, "drift", ttl=ttl, extend_interval=0.2) as lease:
+            held.append(lease)
+            await until(lambda: len(seen) >= 2)
+    finally:
+        stop()
+    for now, deadline in seen:
+        assert deadline <= now + ttl - drift_allowance(ttl)
+        assert deadline > now + ttl - drift_allowance(ttl) - 0.2
+
+
+async def test_extend_interval_must_leave_room_for_the_drift_allowance(client: redis.Redis) -> None:
+    # 9.95 s is below the TTL but not below 10 s less its allowance (0.102 s): the
+    # lease would be lost before every extension.
+    with pytest.raises(ValueError, match="drift allowance"):
+        Mutex(client, "x", ttl=10, extend_interval=9.95)
+    Mutex(client, "x", ttl=10, extend_interval=9.85)  # room left: accepted
+
+
+# --- a waiter subscribes before it checks again --------------------------------------
+
+
+async def test_a_release_by_another_process_before_the_subscription_is_not_missed(
+    client: redis.Redis,
+    make_client: Callable[..., redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No fallback re-check within the test: only a check after subscribing can see
+    # a release published before anyone listened.
+    monkeypatch.setattr(acquire_module, "_NOTIFIED_RECHECK", 30.0)
+    holder = Mutex(client, "race", ttl=30)
+    await holder.acquire()
+    lease = holder.lease
+    assert lease is not None
+    watch = Notifier.watch
+
+    async def release_first(
+        self: Notifier, channels: tuple[str, ...], event: asyncio.Event
+    ) -> None:
+        if lease.owned:
+            # Another process (its own client, so no hand-over inside the waiter's
+            # process) releases between the waiter's refused try and its subscription.
+            await lease.release()
+        await watch(self, channels, event)
+
+    monkeypatch.setattr(Notifier, "watch", release_first)
+    waiter = Mutex(make_client(), "race", ttl=30)
+    assert await asyncio.wait_for(waiter.acquire(), 5)
+    await waiter.release()
+
+
+# --- the notifier drops what nobody waits on ----------------------------------------
+
+
+async def test_a_cancelled_waiters_channel_goes_while_another_name_keeps_the_connection(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    waiting_client = make_client()
+    holders = [Mutex(client, name, ttl=30) for name in ("keep", "gone")]
+    for holder in holders:
+        await holder.acquire()
+    keep = asyncio.create_task(Mutex(waiting_client, "keep", ttl=30).acquire())
+    gone = asyncio.create_task(Mutex(waiting_client, "gone", ttl=30).acquire())
+
+    async def channels() -> set[bytes]:
+        return set(await client.pubsub_channels("asynclock:*"))
+
+    both = {owner_key("keep").encode(), owner_key("gone").encode()}
+    await until(lambda: channels_are(channels, both))
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    # The reader's sweep unsubscribes within about a second, connection kept.
+    await until(lambda: channels_are(channels, {owner_key("keep").encode()}), 5.0)
+    assert not keep.done()
+    keep.cancel()
+    await asyncio.gather(keep, return_exceptions=True)
+    for holder in holders:
+        await holder.release()
+
+
+async def channels_are(read: Callable[[], Any], expected: set[bytes]) -> bool:
+    """Whether the subscribed channels are exactly ``expected``."""
+    return bool(await read() == expected)
+
+
+# --- a release leaves a tombstone that refuses its own late acquire ------------------
+
+
+async def test_an_acquire_overtaken_by_its_own_clean_up_takes_nothing(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    holder = Mutex(make_client(), "late", ttl=30)  # another process
+    await holder.acquire()
+    real = client.evalsha
+    tries = 0
+    held_back: list[asyncio.Task[Any]] = []
+    go = asyncio.Event()
+
+    async def evalsha(*args: Any) -> Any:
+        nonlocal tries
+        if args[0] != _scripts.ACQUIRE.sha:
+            return await real(*args)
+        tries += 1
+        if tries < 2 or held_back:
+            return await real(*args)
+
+        # The waiter's try after the release travels slowly: it reaches the server
+        # only after the waiter was cancelled and its clean-up ran.
+        async def slow() -> Any:
+            await go.wait()
+            return await real(*args)
+
+        held_back.append(asyncio.ensure_future(slow()))
+        return await asyncio.shield(held_back[0])
+
+    client.evalsha = evalsha  # type: ignore[method-assign]
+    waiter = asyncio.create_task(Mutex(client, "late", ttl=30).acquire())
+    await until(lambda: tries == 1)  # refused once: waiting
+    await asyncio.sleep(0.05)
+    await holder.release()  # the waiter wakes and tries again
+    await until(lambda: held_back)
+    waiter.cancel()  # its try is in flight: the clean-up releases by its token
+    await asyncio.gather(waiter, return_exceptions=True)
+    go.set()  # now the try reaches the server, after its own clean-up
+    await asyncio.wait_for(held_back[0], 5)
+    client.evalsha = real  # type: ignore[method-assign]
+    assert await client.exists(owner_key("late")) == 0  # refused by the tombstone
+
+
+# --- the exit of async with never swallows a loss -----------------------------------
+
+
+async def test_a_multilock_lost_while_its_body_runs_raises_lock_lost(
+    client: redis.Redis,
+) -> None:
+    with pytest.raises(LockLost):
+        async with MultiLock(client, ["m1", "m2"], ttl=0.6):
+            await client.delete(owner_key("m2"))
+            await asyncio.sleep(5)
+
+
+async def test_a_semaphore_lost_at_release_raises_lock_lost(client: redis.Redis) -> None:
+    with pytest.raises(LockLost, match="gone at release"):
+        async with Semaphore(client, "s", limit=2, ttl=30):
+            await client.delete("asynclock:semaphore:{s}:holders")
+
+
+async def test_a_body_error_after_a_loss_carries_the_loss_as_a_note(client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="body") as caught:
+        async with Mutex(client, "n", ttl=0.6):
+            await client.delete(owner_key("n"))
+            try:
+                await asyncio.sleep(5)  # cancelled by the loss
+            except asyncio.CancelledError:
+                raise ValueError("body") from None  # a clean-up of the body's that fails
+    notes = getattr(caught.value, "__notes__", [])
+    assert any(note.startswith("asynclock: ") and "token was gone" in note for note in notes)
