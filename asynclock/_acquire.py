@@ -69,11 +69,13 @@ class Acquisition:
     """
 
     __slots__ = (
+        "_cancels",
         "_client",
         "_delays",
         "_notifier",
         "_policy",
         "_resource",
+        "_task",
         "handed_over",
         "in_flight",
         "maybe_handed",
@@ -124,6 +126,9 @@ class Acquisition:
         :raises LockBackendError: a command failed; released by token first
         :raises asyncio.CancelledError: released by token first if it may hold
         """
+        task = asyncio.current_task()
+        assert task is not None  # LeaseLock.acquire checked it
+        self._task, self._cancels = task, task.cancelling()
         scope = None if wait_limit is None else asyncio.timeout(wait_limit)
         try:
             if scope is None:  # no deadline: no timer to set and cancel
@@ -199,6 +204,7 @@ class Acquisition:
         await queue.watch()  # subscribed (confirmed) before the read below
         # A release between the try and the subscription was published to nobody.
         free = not await self._resource.locked(self._client)
+        self._raise_if_cancelled()
         while True:
             if not free:
                 lease = await self._wait_out(queue, pause, grant.retry_after)
@@ -258,6 +264,7 @@ class Acquisition:
                 queue.in_line = True  # it may have been put in line: leave it
                 raise
             queue.tried(grant.acquired, place)
+        self._raise_if_cancelled()  # still in flight: a grant is released by token
         self.in_flight = False
         if not grant.acquired:
             return None, grant
@@ -294,6 +301,17 @@ class Acquisition:
             queue.took_lock(self._resource.exclusive)
             self.handed_over = True
         return lease
+
+    def _raise_if_cancelled(self) -> None:
+        """Raise a cancellation of the caller that a call below returned over.
+
+        A client library can swallow a ``CancelledError`` (redis-py on Python 3.11 was
+        seen to return from a command whose task had been cancelled meanwhile); the
+        task still counts the request. Without this, a cancelled waiter would go on
+        waiting until its timeout, or for ever.
+        """
+        if self._task.cancelling() > self._cancels:
+            raise asyncio.CancelledError
 
     def _lease_if_in_time(self, sent: float, fencing_tokens: tuple[int, ...]) -> Lease | None:
         """The lease granted by a command sent at ``sent``, unless its answer came too late.

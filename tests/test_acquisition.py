@@ -55,6 +55,8 @@ class Hook:
         late or lost); otherwise the command itself waits, and has no effect if it is
         cancelled meanwhile
     :ivar entered: set when the call arrives
+    :ivar swallow_cancel: a cancellation during the wait is caught and the call
+        returns as usual, as a client library that swallows one would
     """
 
     block: asyncio.Event | None = None
@@ -62,13 +64,18 @@ class Hook:
     error: BaseException | None = None
     reply_late: bool = False
     entered: asyncio.Event = field(default_factory=asyncio.Event)
+    swallow_cancel: bool = False
 
     async def hold(self) -> None:
-        if self.block is not None:
-            async with asyncio.timeout(BOUND):
-                await self.block.wait()
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        try:
+            if self.block is not None:
+                async with asyncio.timeout(BOUND):
+                    await self.block.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            if not self.swallow_cancel:
+                raise
         if self.error is not None:
             raise self.error
 
@@ -908,3 +915,28 @@ async def test_a_hand_over_refused_for_another_process_waits_in_line_unwoken() -
         resource.hold("again", ttl=30)
         [(_, successor)] = await _hand_overs(queue, resource, client, 1)
         assert successor.jump_line
+
+
+# -- a cancellation swallowed below ---------------------------------------------------------
+# A client library may catch a cancellation and return normally (the task still counts the
+# request): the acquisition must end cancelled all the same, not wait on until its timeout.
+
+
+@pytest.mark.parametrize("method", ["acquire", "locked"])
+async def test_a_cancellation_swallowed_by_a_call_still_ends_the_acquire(method: str) -> None:
+    resource, client = InMemoryResource(), FakeClient()
+    resource.hold("holder", ttl=30)
+    nth = 2 if method == "acquire" else 1  # the re-check try, or the read after subscribing
+    hook = resource.hook(method, nth, block=asyncio.Event(), swallow_cancel=True)
+    acquisition = Acquisition(resource, client, policy(), None, FakeNotifier())
+    if method == "acquire":
+        resource.hold("holder", ttl=0.3)  # free by the re-check: the swallowed try wins
+    task = asyncio.ensure_future(acquisition.run(None))
+    await asyncio.wait_for(hook.entered.wait(), BOUND)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, BOUND)
+    if method == "acquire":
+        # The try went through under the swallowed cancel: released by its token.
+        assert resource.tokens("release") == [acquisition.token]
+    assert resource.holder() in (None, "holder")

@@ -272,7 +272,14 @@ async def test_thousands_of_waiters_share_one_subscriber_and_few_connections(
         for name in names
         for _ in range(200)
     ]  # 10,000 waiting coroutines
-    await asyncio.sleep(1.0)
+    # Until every waiter has its place and every name its subscription: starting
+    # 10,000 tasks takes a while on a loaded machine, so a fixed pause would not do.
+    probes = [Mutex(waiting_client, name) for name in names]
+    for _ in range(1500):  # 30 s at most
+        settled = all(probe.statistics().waiting == 200 for probe in probes)
+        if settled and len(await client.pubsub_channels("asynclock:*")) == len(names):
+            break
+        await asyncio.sleep(0.02)
     assert await pubsub_connections(client) == 1
     assert len(await client.pubsub_channels("asynclock:*")) == len(names)  # not 10,000
     # One head per name talks to Redis: connections grow with names, not waiters.

@@ -193,6 +193,35 @@ async def test_an_acquire_overtaken_by_its_own_clean_up_takes_nothing(
     assert await client.exists(owner_key("late")) == 0  # refused by the tombstone
 
 
+# --- fencing tokens increase even when the counter is ahead of the clock ------------
+
+
+@pytest.mark.parametrize("kind", ["mutex", "semaphore"])
+async def test_fencing_tokens_increase_when_the_counter_is_ahead_of_the_clock(
+    client: redis.Redis, kind: str
+) -> None:
+    # A counter ahead of the server clock: restored from elsewhere, or written by a
+    # server whose clock ran fast. Each holder must still get a larger token.
+    ahead = int(time.time() * 1_000_000) + 10**12
+    fence = (
+        f"asynclock:fence:{{{kind}}}"
+        if kind == "mutex"
+        else "asynclock:semaphore:{semaphore}:fence"
+    )
+    await client.set(fence, ahead)
+
+    def make() -> Mutex | Semaphore:
+        if kind == "mutex":
+            return Mutex(client, kind, ttl=5)
+        return Semaphore(client, kind, limit=2, ttl=5)
+
+    tokens = []
+    for _ in range(3):
+        async with make() as lease:
+            tokens.append(lease.fencing_token)
+    assert tokens == [ahead + 1, ahead + 2, ahead + 3]
+
+
 # --- the exit of async with never swallows a loss -----------------------------------
 
 
