@@ -47,7 +47,9 @@ class Mutex(LeaseLock):
     :param max_hold: the longest the lock may be held in all, in seconds, extensions
         included; past it the lease counts as lost, so a wedged body cannot hold the
         lock forever
-    :param retry: how a blocked acquire waits between tries (default:
+    :param retry: the pauses between a blocked acquire's tries, and when it gives up;
+        while release notifications work, a release ends a pause at once (default:
+        retry at every release and every 0.25 s; when polling,
         :class:`~asynclock.ExponentialBackoff` from 5 ms to 100 ms)
     :param on_lost: called (or awaited) with the ``LockLost`` error on loss
     :param hold_at_least: keep the lock until this many seconds after the acquire,

@@ -6,7 +6,10 @@ in seconds; the acquire loop takes one pause after each failed try and gives up
 waiter's ``timeout`` bounds the wait independently of the strategy.
 
 The lifecycle never sleeps longer than the current holder's remaining TTL, which
-every failed try reports: when a lease expires, a waiter tries again at once.
+every failed try reports: when a lease expires, a waiter tries again at once. While
+release notifications work, a pause also ends at the next release; a pause longer
+than a quarter second is cut by re-checks that do not count as retries (see
+``_acquire.py``).
 """
 
 from __future__ import annotations
@@ -73,8 +76,8 @@ class LinearBackoff:
 class ExponentialBackoff:
     """Retry after ``initial`` seconds, growing by ``multiplier`` up to ``maximum``.
 
-    The default strategy: quick first retries for short critical sections, then no
-    more than one try per ``maximum`` seconds per waiter.
+    The default strategy of a polling waiter: quick first retries for short critical
+    sections, then no more than one try per ``maximum`` seconds per waiter.
 
     :ivar initial: the first pause, in seconds
     :ivar maximum: the longest pause, in seconds
@@ -126,5 +129,6 @@ class LimitRetries:
         return itertools.islice(self.strategy.delays(), self.retries)
 
 
-#: The strategy used when none is given.
+#: The strategy of a polling waiter when none is given (a notified one retries at every
+#: release, and every quarter second).
 DEFAULT_RETRY = ExponentialBackoff()
