@@ -175,7 +175,7 @@ MUTANTS = (
         "        if time.monotonic() >= lease_deadline(sent, policy.ttl):\n"
         "            return None\n",
         "",
-        ("tests/test_acquisition.py",),
+        ("tests/test_safety_net.py", "tests/test_acquisition.py"),
     ),
     Mutant(
         "gave-up-holding-hand-over",

@@ -4,13 +4,16 @@ Each test here failed with one realistic bug put into the package and passes wit
 it (``make mutants`` plants them again): the drift allowance dropped after an
 extension, a waiter that checks the lock before it has subscribed, a notifier that
 keeps channels nobody waits on, ``extend_interval`` checked against the whole TTL, a
-release without its tombstone, and an ``async with`` exit that swallows ``LockLost``.
+release without its tombstone, a grant kept although its reply came after the lease's
+deadline, fencing tokens that stop increasing when the counter is ahead of the clock,
+and an ``async with`` exit that swallows ``LockLost``.
 Every test runs against the real server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,12 +78,27 @@ async def test_a_watchdog_extension_keeps_the_drift_allowance(client: redis.Redi
         assert deadline > now + ttl - drift_allowance(ttl) - 0.2
 
 
-async def test_extend_interval_must_leave_room_for_the_drift_allowance(client: redis.Redis) -> None:
-    # 9.95 s is below the TTL but not below 10 s less its allowance (0.102 s): the
-    # lease would be lost before every extension.
-    with pytest.raises(ValueError, match="drift allowance"):
-        Mutex(client, "x", ttl=10, extend_interval=9.95)
-    Mutex(client, "x", ttl=10, extend_interval=9.85)  # room left: accepted
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda client, interval: Mutex(client, "x", ttl=10, extend_interval=interval),
+        lambda client, interval: Semaphore(client, "x", limit=2, ttl=10, extend_interval=interval),
+        lambda client, interval: MultiLock(client, ["x", "y"], ttl=10, extend_interval=interval),
+    ],
+    ids=["mutex", "semaphore", "multilock"],
+)
+async def test_an_extend_interval_must_leave_the_drift_allowance(
+    client: redis.Redis, make: Callable[[redis.Redis, float], object]
+) -> None:
+    """``extend_interval`` must be below ``ttl`` less its drift allowance (10 s: 9.898 s).
+
+    An interval between the two would extend after the client's own deadline: the
+    lease would be lost every time, after the first interval.
+    """
+    for too_long in (9.95, 9.898, 10):
+        with pytest.raises(ValueError, match="extend_interval"):
+            make(client, too_long)
+    make(client, 9.85)  # just below: allowed
 
 
 # --- a waiter subscribes before it checks again --------------------------------------
@@ -222,6 +240,31 @@ async def test_fencing_tokens_increase_when_the_counter_is_ahead_of_the_clock(
     assert tokens == [ahead + 1, ahead + 2, ahead + 3]
 
 
+# --- a grant that comes back too late ----------------------------------------------
+
+
+async def test_a_grant_that_comes_back_after_its_deadline_is_given_back(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    """An acquire granted after the lease's own deadline has passed is not a hold.
+
+    The server is busy when the acquire arrives, so the grant comes back after the
+    deadline measured from the send: the lease may already belong to someone else by
+    the server's clock. The client gives the grant back by its token at once, and a
+    try without waiting reports the lock as not acquired.
+    """
+    other = make_client()
+    await other.ping()  # connected, so that DEBUG SLEEP starts at once
+    await client.ping()
+    blocker = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.5"))
+    await asyncio.sleep(0.05)
+    lock = Mutex(client, "x", ttl=0.2, blocking=False)  # a deadline 0.196 s after the send
+    assert not await lock.acquire()  # granted about 0.45 s after the send
+    assert not lock.owned
+    assert await client.exists(owner_key("x")) == 0  # given back, not left to expire
+    await blocker
+
+
 # --- the exit of async with never swallows a loss -----------------------------------
 
 
@@ -250,3 +293,34 @@ async def test_a_body_error_after_a_loss_carries_the_loss_as_a_note(client: redi
                 raise ValueError("body") from None  # a clean-up of the body's that fails
     notes = getattr(caught.value, "__notes__", [])
     assert any(note.startswith("asynclock: ") and "token was gone" in note for note in notes)
+
+
+async def test_a_lease_taken_over_during_the_body_raises_lock_lost_at_a_normal_exit(
+    client: redis.Redis,
+) -> None:
+    """The name now holds another token: the release finds it, ``async with`` raises.
+
+    The body ends normally, before any extension could notice; the release must not
+    pass over the loss in silence, nor touch the other holder's key.
+    """
+    with pytest.raises(LockLost, match="gone at release"):
+        async with Mutex(client, "x", ttl=30):
+            await client.set(owner_key("x"), "another-holder", px=30_000)
+    assert await client.get(owner_key("x")) == b"another-holder"
+
+
+async def test_a_body_that_swallows_the_cancellation_of_a_loss_still_gets_lock_lost(
+    client: redis.Redis,
+) -> None:
+    """A body that catches the cancellation of a loss and ends normally: LockLost all the same.
+
+    The code after ``async with`` must never run as if the lock had been held
+    throughout, whatever the body did with the cancellation.
+    """
+    with pytest.raises(LockLost, match="ran out"):
+        async with Mutex(client, "x", ttl=0.2, auto_extend=False):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3)
+            # On Python 3.11 the loss is cancelled again until the body leaves.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
