@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -167,10 +168,16 @@ def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_fallback")
+@pytest.mark.parametrize("released_by", ["this process", "another process"])
 async def test_a_release_between_a_failed_try_and_the_subscription_is_not_missed(
-    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis,
+    make_client: Callable[..., redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
+    released_by: str,
 ) -> None:
-    holder = Mutex(client, "race", ttl=30)
+    # From another process (its own client), no hand-over inside the waiter's process
+    # can rescue a waiter that checks before it has subscribed.
+    holder = Mutex(client if released_by == "this process" else make_client(), "race", ttl=30)
     await holder.acquire()
     lease = holder.lease
     assert lease is not None
