@@ -216,7 +216,7 @@ MUTANTS = (
 
 def pytest_run(folder: Path, args: list[str], timeout: float) -> tuple[bool, str]:
     """Run pytest in ``folder``; return whether it passed and its last line."""
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *args]
     env = {**os.environ, "PYTHONPATH": str(folder)}
     try:
         done = subprocess.run(
@@ -225,7 +225,9 @@ def pytest_run(folder: Path, args: list[str], timeout: float) -> tuple[bool, str
     except subprocess.TimeoutExpired:
         return False, f"no end within {timeout:.0f} s"
     lines = (done.stdout.strip() or done.stderr.strip() or "(no output)").splitlines()
-    return done.returncode == 0, lines[-1]
+    # The short summary names the test that failed: say which caught the mutant.
+    failed = [line.split(" - ")[0] for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return done.returncode == 0, " ".join([*failed[:1], lines[-1]])
 
 
 def run(mutant: Mutant) -> tuple[bool, str]:
