@@ -153,6 +153,10 @@ class Acquisition:
         except BACKEND_ERRORS as exc:
             await self._abandon()
             raise LockBackendError(self._resource.description, "acquire", exc) from exc
+        except LockBackendError:
+            # The release of a late grant failed: one more try, so nothing stays held.
+            await self._abandon()
+            raise
         if lease is None and self.may_hold:
             # The strategy gave up while a hand-over to our token may still reach the
             # server: its tombstone refuses the hand-over, or this frees what it gave.
@@ -202,7 +206,10 @@ class Acquisition:
         if pause is None:
             return None
         await queue.watch()  # subscribed (confirmed) before the read below
-        # A release between the try and the subscription was published to nobody.
+        # A wake-up left by an earlier head is stale: from here on, a release either
+        # shows in the read below or sets the event anew. A release between the try
+        # and the subscription was published to nobody: the read sees it.
+        queue.event.clear()
         free = not await self._resource.locked(self._client)
         self._raise_if_cancelled()
         while True:
@@ -331,6 +338,7 @@ class Acquisition:
         """Release a grant that came too late by its token; go on with a new token."""
         self.in_flight = True
         await release_by_token(self._resource, self._client, self.token, self._abandon_timeout())
+        self._raise_if_cancelled()
         self.in_flight = False
         self.token = _new_token()
         self.maybe_handed = False

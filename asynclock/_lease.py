@@ -204,7 +204,9 @@ class Lease:
         if not await self._release():
             raise LockNotOwned(self.name, self._loss.reason if self._loss else "lost")
 
-    # -- the lock's side: start, guard the body, end the body --------------------------
+    # -- the lock object's side: start, guard the body, end the body -------------------
+    # Called by the lock object that acquired the lease (``LeaseLock``), not by
+    # application code.
 
     def start(self) -> None:
         """Start the watchdog (extensions, the deadline) and announce the acquisition.

@@ -110,7 +110,7 @@ class LocalQueue:
         channels: tuple[str, ...],
         leave_line: LeaveLine,
         registry: dict[tuple[str, ...], LocalQueue],
-    ):
+    ) -> None:
         self.notifier = notifier
         self.channels = channels
         self._leave_line = leave_line

@@ -46,7 +46,7 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
 
-# Every script of the package, one per method of a Resource (asynclock/_lease.py):
+# Every script of the package, one per method of a Resource (asynclock/_resource.py):
 # NamedLocks (asynclock/_names.py) runs the first four, SemaphorePermits
 # (asynclock/_semaphore.py) the others. Each that uses common.lua gets it in front.
 ACQUIRE = Script.load("acquire", after=("common",))

@@ -940,3 +940,26 @@ async def test_a_cancellation_swallowed_by_a_call_still_ends_the_acquire(method:
         # The try went through under the swallowed cancel: released by its token.
         assert resource.tokens("release") == [acquisition.token]
     assert resource.holder() in (None, "holder")
+
+
+# -- a wake-up left behind by an earlier head -------------------------------------------------
+
+
+async def test_a_wake_up_left_by_an_earlier_head_does_not_cut_the_next_heads_pause() -> None:
+    resource, client, notifier = InMemoryResource(expire=False), FakeClient(), FakeNotifier()
+    resource.hold("other")
+    first = Acquisition(resource, client, policy(), None, notifier)
+    one_slow_retry = LimitRetries(LinearBackoff(1.0, jitter=0), 1)
+    second = Acquisition(resource, client, policy(), one_slow_retry, notifier)
+    hook = resource.hook("acquire", 2, delay=1.0)  # the first head's re-check outlasts it
+    first_run = asyncio.ensure_future(first.run(0.35))
+    await asyncio.sleep(0.01)
+    second_run = asyncio.ensure_future(second.run(None))
+    await asyncio.wait_for(hook.entered.wait(), BOUND)
+    notifier.publish()  # a release message; the lock is taken again at once
+    assert await asyncio.wait_for(first_run, BOUND) is None  # its wait limit passed
+    became_head = time.monotonic()
+    assert await asyncio.wait_for(second_run, BOUND) is None
+    # The second head takes its strategy's pause before its one retry: the stale
+    # wake-up of the first head must not end that pause at once.
+    assert time.monotonic() - became_head > 0.8
