@@ -195,6 +195,14 @@ MUTANTS = (
         ("tests/test_acquisition.py",),
     ),
     Mutant(
+        "stale-wake-up-kept",
+        "a new head keeps the wake-up an earlier head left, and retries at once",
+        "asynclock/_acquire.py",
+        "        queue.event.clear()\n        free = not await",
+        "        free = not await",
+        ("tests/test_acquisition.py",),
+    ),
+    Mutant(
         "everyone-wakes",
         "a release message naming another process wakes this one too",
         "asynclock/_notify.py",
