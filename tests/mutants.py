@@ -234,7 +234,11 @@ def pytest_run(folder: Path, args: list[str], timeout: float) -> tuple[bool, str
         return False, f"no end within {timeout:.0f} s"
     lines = (done.stdout.strip() or done.stderr.strip() or "(no output)").splitlines()
     # The short summary names the test that failed: say which caught the mutant.
-    failed = [line.split(" - ")[0] for line in lines if line.startswith(("FAILED", "ERROR"))]
+    failed = [
+        line.split(" - ")[0]
+        for line in lines
+        if line.startswith(("FAILED ", "ERROR ")) and "::" in line.split(" - ")[0]
+    ]
     return done.returncode == 0, " ".join([*failed[:1], lines[-1]])
 
 
