@@ -53,7 +53,8 @@ class LockStatistics:
 
     :ivar held: whether this object holds a live lease (for any of its tasks)
     :ivar waiting: coroutines of this process waiting for this lock (through any
-        lock object on the same client)
+        lock object on the same client) by notification; waiters that poll (Redis
+        Cluster clients, a pool of one connection) are not counted
     :ivar remaining: seconds left on the lease of :attr:`~asynclock.Mutex.lease`
         (the current task's), 0 without one
     :ivar extensions: extensions of that lease so far
@@ -197,7 +198,11 @@ class LeaseLock:
             raise LockBackendError(self._resource.description, action, exc) from exc
 
     def statistics(self) -> LockStatistics:
-        """Return a snapshot of this lock object (see :class:`LockStatistics`)."""
+        """Return a snapshot of this lock object (see :class:`LockStatistics`).
+
+        Call it from a coroutine (it looks up the current task's lease, as
+        :attr:`lease` does).
+        """
         lease = self.lease
         queue = queue_for(self._client, self._resource.channels)
         return LockStatistics(
