@@ -66,8 +66,9 @@ async def test_statistics_count_the_waiters_of_the_process_and_the_hand_overs(
     await asyncio.wait_for(asyncio.gather(*waiters), 5)
     stats = waiter_lock.statistics()
     assert stats.acquisitions == 3
-    # Each release handed the lock straight to the next waiter of the process.
-    assert stats.hand_overs == 3
+    # A release hands the lock straight to the next waiter of the process when that
+    # waiter is waiting for it (not in the middle of a re-check): at least the first.
+    assert 1 <= stats.hand_overs <= 3
     assert stats.waiting == 0
     assert not stats.held
 
