@@ -1,8 +1,18 @@
-"""Lua scripts: read once from ``scripts/*.lua``, run by SHA, reloaded on NOSCRIPT."""
+"""Lua scripts: read once from ``scripts/*.lua``, run by SHA, reloaded on NOSCRIPT.
+
+A script call is most of what an uncontended acquire or release costs the client, so
+it takes the shortest path redis-py offers: a connection from the client's pool,
+``send_command`` and ``read_response`` under the connection's own retry policy, as a
+redis-py pipeline does. That leaves out only what ``execute_command`` adds around a
+command (response callbacks, which script replies have none of, and redis-py's own
+metrics). Clients with a connection of their own (``single_connection_client``) and
+Redis Cluster clients, which route by key, go through ``execute_command``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -41,9 +51,51 @@ class Script:
     async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """Run the script on ``client`` with ``keys`` and ``args``; return its reply."""
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await run_command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+
+async def run_command(client: Any, *command: Any) -> Any:
+    """Send ``command`` on a connection of ``client``'s pool; return the reply.
+
+    Connection errors are retried as the connection's retry policy says, each after
+    disconnecting (the connection reconnects on its next send); a cancelled read
+    disconnects the connection too (redis-py does it), so no reply is ever read by
+    the wrong command.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or getattr(client, "single_connection_client", True):
+        return await client.execute_command(*command)
+    if _takes_command_name(type(pool)):
+        conn = await pool.get_connection(command[0])
+    else:
+        conn = await pool.get_connection()
+    try:
+        return await conn.retry.call_with_retry(
+            lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
+        )
+    finally:
+        await pool.release(conn)
+
+
+async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
+    await conn.send_command(*command)
+    return await conn.read_response()
+
+
+_NAMED: dict[type[Any], bool] = {}
+
+
+def _takes_command_name(pool_type: type[Any]) -> bool:
+    """Whether the pool's ``get_connection`` needs a command name (redis-py < 5.3)."""
+    takes = _NAMED.get(pool_type)
+    if takes is None:
+        parameter = inspect.signature(pool_type.get_connection).parameters.get("command_name")
+        takes = _NAMED[pool_type] = (
+            parameter is not None and parameter.default is inspect.Parameter.empty
+        )
+    return takes
 
 
 # Every script of the package, one per method of a Resource (asynclock/_resource.py):

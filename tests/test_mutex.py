@@ -17,6 +17,7 @@ from asynclock import (
     LockNotAcquired,
     LockNotOwned,
     Mutex,
+    _scripts,
 )
 
 from .conftest import owner_key
@@ -59,17 +60,19 @@ async def test_timeout_cannot_be_combined_with_blocking_false(client: redis.Redi
         await Mutex(client, "x").acquire(blocking=False, timeout=1)
 
 
-async def test_retry_strategy_limits_the_tries(client: redis.Redis) -> None:
+async def test_retry_strategy_limits_the_tries(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await Mutex(client, "x", ttl=5).acquire()
     tries = 0
-    real = client.evalsha
+    real = _scripts.run_command
 
-    async def counting(*args: object) -> object:
+    async def counting(on: object, *command: object) -> object:
         nonlocal tries
         tries += 1
-        return await real(*args)
+        return await real(on, *command)
 
-    client.evalsha = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(_scripts, "run_command", counting)
     lock = Mutex(client, "x", retry=LimitRetries(LinearBackoff(0.01), 3))
     assert not await lock.acquire()
     assert tries == 4

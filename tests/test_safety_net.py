@@ -138,33 +138,35 @@ async def channels_are(read: Callable[[], Any], expected: set[bytes]) -> bool:
 
 
 async def test_an_acquire_overtaken_by_its_own_clean_up_takes_nothing(
-    client: redis.Redis, make_client: Callable[..., redis.Redis]
+    client: redis.Redis,
+    make_client: Callable[..., redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     holder = Mutex(make_client(), "late", ttl=30)  # another process
     await holder.acquire()
-    real = client.evalsha
+    real = _scripts.run_command
     tries = 0
     held_back: list[asyncio.Task[Any]] = []
     go = asyncio.Event()
 
-    async def evalsha(*args: Any) -> Any:
+    async def evalsha(on: Any, *command: Any) -> Any:
         nonlocal tries
-        if args[0] != _scripts.ACQUIRE.sha:
-            return await real(*args)
+        if on is not client or command[1] != _scripts.ACQUIRE.sha:
+            return await real(on, *command)
         tries += 1
         if tries < 2 or held_back:
-            return await real(*args)
+            return await real(on, *command)
 
         # The waiter's try after the release travels slowly: it reaches the server
         # only after the waiter was cancelled and its clean-up ran.
         async def slow() -> Any:
             await go.wait()
-            return await real(*args)
+            return await real(on, *command)
 
         held_back.append(asyncio.ensure_future(slow()))
         return await asyncio.shield(held_back[0])
 
-    client.evalsha = evalsha  # type: ignore[method-assign]
+    monkeypatch.setattr(_scripts, "run_command", evalsha)
     waiter = asyncio.create_task(Mutex(client, "late", ttl=30).acquire())
     await until(lambda: tries == 1)  # refused once: waiting
     await asyncio.sleep(0.05)
@@ -174,7 +176,7 @@ async def test_an_acquire_overtaken_by_its_own_clean_up_takes_nothing(
     await asyncio.gather(waiter, return_exceptions=True)
     go.set()  # now the try reaches the server, after its own clean-up
     await asyncio.wait_for(held_back[0], 5)
-    client.evalsha = real  # type: ignore[method-assign]
+    monkeypatch.undo()
     assert await client.exists(owner_key("late")) == 0  # refused by the tombstone
 
 

@@ -29,6 +29,14 @@
 -- never who may take the lock: a waiter that crashed costs the others at most their
 -- fallback re-check, and its place lapses on its own.
 --
+-- A free name, the common case, costs four commands, each needed:
+--   SET NX PX  takes the name, and tells a free name from a held one (no GET first);
+--   EXISTS     the tombstone: an acquire overtaken by its own clean-up takes nothing;
+--   TIME       the server clock, the floor of the fencing token (see next_fence);
+--   SET GET    the fence counter: writes the new token and reads the last in one.
+-- A held name costs GET (is it ours?) and PTTL (how long the holder has), and a
+-- place in line when the caller waits.
+--
 -- A name already holding ARGV[1] counts as ours: a retried acquire whose first try
 -- reached the server (its reply lost) gets the same lease back, with a fresh TTL and
 -- the fence it was given then, rather than blocking on itself.
@@ -38,37 +46,58 @@ local waiter = ARGV[3] or ''
 local place = ARGV[4] or ''
 local place_ms = tonumber(ARGV[5] or '0')
 
-local ours = {}
+-- Take each free name with one SET NX, the one command a free name needs. If a name
+-- turns out to be unavailable, the names taken so far are deleted again before the
+-- script returns, so nobody ever sees them held (a script runs as one step).
+local ours = nil  -- names that already held the token (a retried acquire), by index
+local refusal = nil
+local last = 0  -- the last name taken or found ours
 for i = 1, #KEYS, 4 do
-  local owner = redis.call('GET', KEYS[i])
-  if owner then
-    if owner ~= token then
-      if waiter ~= '' then
-        -- Keep (or take) the process's place in every name's line.
-        for j = 1, #KEYS, 4 do
-          stand_in_line(KEYS[j + 2], KEYS[j + 3], waiter, place_ms, true)
-        end
-      end
-      return {0, redis.call('PTTL', KEYS[i])}
+  local owner_key = KEYS[i]
+  if redis.call('SET', owner_key, token, 'NX', 'PX', ttl) then
+    last = i
+    if was_released(owner_key, token) then
+      -- This token was already given back (its release ran before this acquire, as
+      -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
+      refusal = {0, -1}
+      break
     end
+  elseif redis.call('GET', owner_key) == token then
+    ours = ours or {}
     ours[i] = true
-  elseif was_released(KEYS[i], token) then
-    -- This token was already given back (its release ran before this acquire, as
-    -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
-    return {0, -1}
+    last = i
+  else
+    refusal = {0, redis.call('PTTL', owner_key)}
+    if waiter ~= '' then
+      -- Keep (or take) the process's place in every name's line.
+      for j = 1, #KEYS, 4 do
+        lines().stand(KEYS[j + 2], KEYS[j + 3], waiter, place_ms, true)
+      end
+    end
+    break
   end
+end
+
+if refusal then
+  for i = 1, last, 4 do
+    if not (ours and ours[i]) then
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  return refusal
 end
 
 local granted = {1}
 for i = 1, #KEYS, 4 do
   local fence_key = KEYS[i + 1]
-  if ours[i] then
+  if ours and ours[i] then
     redis.call('PEXPIRE', KEYS[i], ttl)
     granted[#granted + 1] = tonumber(redis.call('GET', fence_key))
   else
-    redis.call('SET', KEYS[i], token, 'PX', ttl)
     granted[#granted + 1] = next_fence(fence_key)
   end
-  take_place(KEYS[i + 2], KEYS[i + 3], waiter, place, place_ms)
+  if place ~= '' then
+    lines().take_place(KEYS[i + 2], KEYS[i + 3], waiter, place, place_ms)
+  end
 end
 return granted

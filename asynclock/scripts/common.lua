@@ -1,26 +1,30 @@
 -- Shared by every script but extend.lua: put in front of each when it is loaded (see
 -- asynclock/_scripts.py), so they all read the clock, compute fencing tokens, keep
--- tombstones and lines alike. It only defines local functions: nothing runs, not even
--- TIME, until a script calls one.
+-- tombstones and lines alike. Nothing runs here, not even TIME, until a script calls
+-- a function.
+--
+-- Every local function below is created anew at every script call, which costs the
+-- server time on the path every acquire and release takes. So there are few of them:
+-- the helpers of the lines of waiting processes, which only contended locks need,
+-- are built on first use, by lines().
 --
 -- function                          used by (scripts; functions of this file)
 -- clock_us(), clock_ms()            all of them, directly or through those below
 -- next_fence(fence_key)             acquire, hand_over, semaphore_acquire
--- tombstone(key, token)             was_released, remember_release
 -- was_released(key, token)          acquire, hand_over, semaphore_acquire,
 --                                   semaphore_release; release_names
 -- remember_release(key, token, ms)  hand_over, semaphore_release; release_names
--- lapse_at(place_ms)                stand_in_line
--- stand_in_line(...)                acquire; take_place, release_names
--- leave_line(line, alive, waiter)   take_place, first_in_line
--- take_place(...)                   acquire, hand_over
--- first_in_line(line, alive)        first_of
+-- lines()                           acquire, hand_over; first_of, release_names
 -- first_of(i)                       hand_over; release_names
 -- release_names(token, ms, ...)     release, hand_over
 --
 -- The lock scripts (acquire, release, hand_over) take four keys per name, for name i
 -- (from 0) at KEYS[4i+1 .. 4i+4]: owner, fence, line, alive (see acquire.lua);
 -- first_of and release_names read that layout from KEYS.
+--
+-- Numbers are passed to redis.call as they are: the server writes a Lua number as
+-- '%.17g', which spells every whole number below 2^53 (a clock in microseconds is
+-- about 2^51) with all its digits; string.format would cost as much as a command.
 
 -- The server clock in microseconds, read once per script call.
 local now_us = nil
@@ -43,27 +47,25 @@ end
 -- failover to a replica that had not received the latest increments.
 local function next_fence(fence_key)
   -- The clock is almost always ahead of the last token: one SET ... GET does it.
-  local last = tonumber(redis.call('SET', fence_key, string.format('%.0f', clock_us()), 'GET'))
-  if last and last >= clock_us() then
-    redis.call('SET', fence_key, string.format('%.0f', last + 1))
+  local now = clock_us()
+  local last = tonumber(redis.call('SET', fence_key, now, 'GET'))
+  if last and last >= now then
+    redis.call('SET', fence_key, last + 1)
     return last + 1
   end
-  return clock_us()
+  return now
 end
 
--- A release's tombstone, `<key>:released:<token>`: the only key a script builds
+-- A release's tombstone is `<key>:released:<token>`: the only key a script builds
 -- rather than takes in KEYS. It is `key` with a suffix, and `key` (an owner key or a
 -- semaphore's holders key, from asynclock/_names.py base_key, whose prefix holds no
 -- braces) has a complete, non-empty hash tag `{...}` before the suffix in each of
 -- its three forms. Redis hashes the first such tag only, so on Redis Cluster the
 -- tombstone lives in the same slot as `key`, whatever the token.
-local function tombstone(key, token)
-  return key .. ':released:' .. token
-end
 
 -- Whether `token` released `key` within the last tombstone time.
 local function was_released(key, token)
-  return redis.call('EXISTS', tombstone(key, token)) == 1
+  return redis.call('EXISTS', key .. ':released:' .. token) == 1
 end
 
 -- Remember for `ms` milliseconds that `token` released `key`. Left even when there was
@@ -71,70 +73,76 @@ end
 -- (reordered behind its own clean-up) is then refused, and the same release sent
 -- again (a client library resending a command whose reply it lost) still counts.
 local function remember_release(key, token, ms)
-  redis.call('SET', tombstone(key, token), 1, 'PX', ms)
+  redis.call('SET', key .. ':released:' .. token, 1, 'PX', ms)
 end
 
--- When a place in line taken or renewed now lapses, in milliseconds.
-local function lapse_at(place_ms)
-  return string.format('%.0f', clock_ms() + place_ms)
-end
+-- The lines of waiting processes: built at the first call, once per script call.
+local line_functions = nil
+local function lines()
+  if line_functions then
+    return line_functions
+  end
+  local f = {}
 
--- Give `waiter` a place in a line, renewed for place_ms: at the back (the processes
--- already waiting go first), or, with `keep`, where it already stands if it does. The
--- line itself lasts as long as the place: it goes once nobody renews a place.
-local function stand_in_line(line, alive, waiter, place_ms, keep)
-  if keep then
-    redis.call('ZADD', line, 'NX', string.format('%.0f', clock_us()), waiter)
-  else
-    redis.call('ZADD', line, string.format('%.0f', clock_us()), waiter)
+  -- Give `waiter` a place in a line, renewed for place_ms: at the back (the processes
+  -- already waiting go first), or, with `keep`, where it already stands if it does.
+  -- The line itself lasts as long as the place: it goes once nobody renews a place.
+  function f.stand(line, alive, waiter, place_ms, keep)
+    if keep then
+      redis.call('ZADD', line, 'NX', clock_us(), waiter)
+    else
+      redis.call('ZADD', line, clock_us(), waiter)
+    end
+    redis.call('ZADD', alive, clock_ms() + place_ms, waiter)
+    redis.call('PEXPIRE', line, place_ms)
+    redis.call('PEXPIRE', alive, place_ms)
   end
-  redis.call('ZADD', alive, lapse_at(place_ms), waiter)
-  redis.call('PEXPIRE', line, place_ms)
-  redis.call('PEXPIRE', alive, place_ms)
-end
 
--- Take `waiter` out of a line.
-local function leave_line(line, alive, waiter)
-  redis.call('ZREM', line, waiter)
-  redis.call('ZREM', alive, waiter)
-end
+  -- Take `waiter` out of a line.
+  function f.leave(line, alive, waiter)
+    redis.call('ZREM', line, waiter)
+    redis.call('ZREM', alive, waiter)
+  end
 
--- What an acquisition does with its process's place in a line: '' nothing, 'back'
--- move it to the back (more of its coroutines wait), 'leave' give it up.
-local function take_place(line, alive, waiter, place, place_ms)
-  if place == 'back' then
-    stand_in_line(line, alive, waiter, place_ms, false)
-  elseif place == 'leave' then
-    leave_line(line, alive, waiter)
+  -- What an acquisition does with its process's place in a line: '' nothing, 'back'
+  -- move it to the back (more of its coroutines wait), 'leave' give it up.
+  function f.take_place(line, alive, waiter, place, place_ms)
+    if place == 'back' then
+      f.stand(line, alive, waiter, place_ms, false)
+    elseif place == 'leave' then
+      f.leave(line, alive, waiter)
+    end
   end
-end
 
--- The first process in line whose place has not lapsed ('' when every place has),
--- or nil when nobody stands in line. Lapsed places are dropped on the way.
-local function first_in_line(line, alive)
-  local first = redis.call('ZRANGE', line, 0, 0)[1]
-  if not first then
-    return nil
+  -- The first process in the line whose first place is held by `first`, whose place
+  -- has not lapsed ('' when every place has). Lapsed places are dropped on the way.
+  function f.first_alive(line, alive, first)
+    local now_ms = clock_ms()
+    local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
+    if lapse > now_ms then
+      return first
+    end
+    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do
+      f.leave(line, alive, gone)
+    end
+    redis.call('ZREM', line, first)  -- in case its place was already gone
+    return redis.call('ZRANGE', line, 0, 0)[1] or ''
   end
-  local now_ms = clock_ms()
-  local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
-  if lapse > now_ms then
-    return first
-  end
-  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do
-    leave_line(line, alive, gone)
-  end
-  redis.call('ZREM', line, first)  -- in case its place was already gone
-  return redis.call('ZRANGE', line, 0, 0)[1] or ''
+
+  line_functions = f
+  return f
 end
 
 -- The first in line of the name whose owner key is KEYS[i] (false: nobody in line),
 -- read once per script call: a hand-over that looked at it and then releases after
--- all reads it once, and publishes what it saw.
-local firsts = {}
+-- all reads it once, and publishes what it saw. Nobody in line, the common case,
+-- costs one read and no line functions.
+local firsts = nil
 local function first_of(i)
+  firsts = firsts or {}
   if firsts[i] == nil then
-    firsts[i] = first_in_line(KEYS[i + 2], KEYS[i + 3]) or false
+    local first = redis.call('ZRANGE', KEYS[i + 2], 0, 0)[1]
+    firsts[i] = first and lines().first_alive(KEYS[i + 2], KEYS[i + 3], first) or false
   end
   return firsts[i]
 end
@@ -165,7 +173,7 @@ local function release_names(token, ms, waiter, place_ms)
       released = released + 1
     end
     if waiter then
-      stand_in_line(KEYS[i + 2], KEYS[i + 3], waiter, place_ms, false)
+      lines().stand(KEYS[i + 2], KEYS[i + 3], waiter, place_ms, false)
     end
     remember_release(owner, token, ms)
   end

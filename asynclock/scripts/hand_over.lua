@@ -63,7 +63,9 @@ if hand_over then
     local owner, fence_key, line, alive = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
     redis.call('SET', owner, successor, 'PX', ARGV[4])
     granted[#granted + 1] = next_fence(fence_key)
-    take_place(line, alive, waiter, place, place_ms)
+    if place ~= '' then
+      lines().take_place(line, alive, waiter, place, place_ms)
+    end
     remember_release(owner, token, ARGV[2])
   end
   return granted

@@ -13,6 +13,12 @@
 -- earlier call with the same token); fewer than the number of names means the lease
 -- was (at least partly) lost before the release: expired, or deleted.
 --
+-- A held name costs four commands, each needed:
+--   GET     the name must still hold the caller's token: another holder's stays;
+--   DEL     frees it;
+--   ZRANGE  the first process in line, the only one woken (nobody: no PUBLISH);
+--   SET PX  the tombstone (see below).
+--
 -- Each released name is published to the first process in its line (see
 -- release_names in common.lua). Each name gets a short-lived tombstone, so that the
 -- same release sent again (a client library that resends a command whose reply it
