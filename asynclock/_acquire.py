@@ -41,7 +41,14 @@ from ._aio import complete_despite_cancel, spawn
 from ._errors import LockBackendError
 from ._lease import Lease
 from ._notify import Notifier
-from ._queue import LocalQueue, Offer, join_queue
+from ._queue import (
+    LocalQueue,
+    Offer,
+    end_first_try,
+    enter_queue,
+    first_try,
+    join_queue,
+)
 from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
 from ._retry import DEFAULT_RETRY, RetryStrategy
 from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
@@ -182,26 +189,68 @@ class Acquisition:
             await asyncio.sleep(delay)
 
     async def _wait_in_queue(self, notifier: Notifier) -> Lease | None:
-        # A place in the process's queue costs no round trip: an uncontended acquire
-        # is still one script call.
-        queue = join_queue(self._client, notifier, self._resource)
+        client, resource = self._client, self._resource
+        refused = None
+        attempt = first_try(client, resource.channels)
+        if attempt is None:
+            queue = await enter_queue(client, notifier, resource)
+            try:
+                await queue.turn.acquire()
+            except BaseException:
+                queue.leave()
+                raise
+        else:
+            # Nobody of this process waits for the lock: try at once, without a queue,
+            # so that an uncontended acquire costs one script call and nothing else.
+            # A refusal puts the process in the lock's line, as a head's first try
+            # does; the caller then heads the queue, before anyone who came meanwhile.
+            try:
+                lease, refused = await self._try(waiter=notifier.id)
+            except BaseException:
+                made = end_first_try(client, resource.channels, attempt)
+                if made is not None:
+                    made.turn.release()
+                queue = made or join_queue(client, notifier, resource)
+                queue.in_line = True  # it may have been put in line: the queue leaves it
+                queue.leave()
+                raise
+            made = end_first_try(client, resource.channels, attempt)
+            if lease is not None:
+                if made is not None:  # someone came meanwhile: its turn was held for us
+                    made.took_lock(resource.exclusive)
+                    made.turn.release()
+                    made.leave()
+                return lease
+            if made is None:
+                queue = join_queue(client, notifier, resource)
+                await queue.turn.acquire()  # a new queue's turn is free: no wait
+            else:
+                queue = made
+            queue.in_line = True  # the refusal put the process in line
         try:
-            async with queue.turn:
-                return await self._as_head(queue)
+            return await self._as_head(queue, refused)
         finally:
+            queue.turn.release()
             queue.leave()
 
-    async def _as_head(self, queue: LocalQueue) -> Lease | None:
-        """Try, wait and retry as the head of the process's queue for the lock."""
-        if queue.take_held_by_predecessor():
-            # The previous head of this process holds the lock: its release hands the
-            # lock straight to us, or wakes us to try.
-            lease = await self._wait_for_release(queue, _NOTIFIED_RECHECK)
+    async def _as_head(self, queue: LocalQueue, refused: Grant | None = None) -> Lease | None:
+        """Try, wait and retry as the head of the process's queue for the lock.
+
+        ``refused`` is the answer to a try made just before the queue was joined: the
+        head starts by waiting, then.
+        """
+        if refused is not None:
+            grant = refused
+        else:
+            if queue.take_held_by_predecessor():
+                # The previous head of this process holds the lock: its release hands
+                # the lock straight to us, or wakes us to try.
+                lease = await self._wait_for_release(queue, _NOTIFIED_RECHECK)
+                if lease is not None:
+                    return lease
+            lease, grant = await self._try(queue)
             if lease is not None:
                 return lease
-        lease, grant = await self._try(queue)
-        if lease is not None:
-            return lease
         pause = next(self._delays, None)
         if pause is None:
             return None
@@ -252,13 +301,19 @@ class Acquisition:
             if grant.retry_after is not None:
                 end = min(end, loop.time() + grant.retry_after)
 
-    async def _try(self, queue: LocalQueue | None = None) -> tuple[Lease | None, Grant]:
-        """Try once to take the lock; return the lease if it is ours, and the answer."""
+    async def _try(
+        self, queue: LocalQueue | None = None, *, waiter: str = ""
+    ) -> tuple[Lease | None, Grant]:
+        """Try once to take the lock; return the lease if it is ours, and the answer.
+
+        As the head of ``queue``, with the process's id and what to do with its place
+        in line; else with ``waiter`` (the process's id, or none) and no place.
+        """
         resource, client, policy = self._resource, self._client, self._policy
         sent = time.monotonic()
         self.in_flight = True
         if queue is None:
-            grant = await resource.acquire(client, self.token, policy.ttl_ms)
+            grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
         else:
             # With the process's id: if refused, it stands in the lock's line, so that
             # a release wakes it in its turn.

@@ -109,7 +109,7 @@ class LocalQueue:
         notifier: Notifier,
         channels: tuple[str, ...],
         leave_line: LeaveLine,
-        registry: dict[tuple[str, ...], LocalQueue],
+        registry: dict[tuple[str, ...], LocalQueue | FirstTry],
     ) -> None:
         self.notifier = notifier
         self.channels = channels
@@ -248,8 +248,26 @@ class LocalQueue:
         return result.released
 
 
-# The queues of each client's process, by the lock's channels.
-_queues: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], LocalQueue]] = (
+class FirstTry:
+    """A try for a lock by a coroutine of this process while no queue exists for it.
+
+    An uncontended acquire makes it and nothing else. A coroutine arriving meanwhile
+    makes the queue (:func:`enter_queue`) with the try's maker at its head, so that
+    arrival order is kept and a burst of waiters still costs one try at a time.
+
+    :ivar queue: that queue, whose turn is held for the maker; ``None`` while nobody
+        else came
+    """
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: LocalQueue | None = None
+
+
+# The queues of each client's process, by the lock's channels; a FirstTry while a
+# coroutine tries for the lock before any queue exists.
+_queues: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], LocalQueue | FirstTry]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -257,7 +275,45 @@ _queues: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], LocalQueue]] = (
 def queue_for(client: Any, channels: tuple[str, ...]) -> LocalQueue | None:
     """The process's queue of waiters for the lock on ``channels``, if anyone waits."""
     queues = _queues.get(client)
-    return None if queues is None else queues.get(channels)
+    queue = None if queues is None else queues.get(channels)
+    return queue if isinstance(queue, LocalQueue) else None
+
+
+def first_try(client: Any, channels: tuple[str, ...]) -> FirstTry | None:
+    """Start this process's try for the lock on ``channels`` without a queue, if no
+    coroutine of the process waits for the lock or tries it; end it with
+    :func:`end_first_try`. ``None``: the caller enters the queue (:func:`enter_queue`).
+    """
+    queues = _queues.get(client)
+    if queues is None:
+        queues = _queues[client] = {}
+    elif channels in queues:
+        return None
+    attempt = queues[channels] = FirstTry()
+    return attempt
+
+
+def end_first_try(client: Any, channels: tuple[str, ...], attempt: FirstTry) -> LocalQueue | None:
+    """End ``attempt``; return the queue made meanwhile, whose turn is the caller's."""
+    queues = _queues.get(client)
+    if queues is not None and queues.get(channels) is attempt:
+        del queues[channels]
+    return attempt.queue
+
+
+async def enter_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+    """Join the queue for ``resource``'s lock; the caller then waits for its turn.
+
+    During a first try, the first to arrive makes the queue, and takes its turn for
+    the try's maker: it is first, whatever the try's outcome.
+    """
+    queues = _queues.get(client)
+    attempt = None if queues is None else queues.get(resource.channels)
+    if isinstance(attempt, FirstTry):
+        queue = attempt.queue = join_queue(client, notifier, resource)
+        # A new queue's turn is free: this returns at once, before any other task runs.
+        await queue.turn.acquire()
+    return join_queue(client, notifier, resource)
 
 
 def join_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
@@ -268,7 +324,7 @@ def join_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueu
         queues = _queues[client] = {}
     channels = resource.channels
     queue = queues.get(channels)
-    if queue is None:
+    if not isinstance(queue, LocalQueue):  # none, or the caller's own first try
         leave_line = functools.partial(resource.leave_line, client)
         queue = queues[channels] = LocalQueue(notifier, channels, leave_line, queues)
     queue.users += 1

@@ -1,23 +1,32 @@
 """Lua scripts: read once from ``scripts/*.lua``, run by SHA, reloaded on NOSCRIPT.
 
 A script call is most of what an uncontended acquire or release costs the client, so
-it takes the shortest path redis-py offers: a connection from the client's pool,
-``send_command`` and ``read_response`` under the connection's own retry policy, as a
-redis-py pipeline does. That leaves out only what ``execute_command`` adds around a
-command (response callbacks, which script replies have none of, and redis-py's own
-metrics). Clients with a connection of their own (``single_connection_client``) and
-Redis Cluster clients, which route by key, go through ``execute_command``.
+it takes the shortest path redis-py offers: a connection from the client's pool, the
+command packed by hiredis (a dependency of ``redis[hiredis]``; redis-py's own packer
+takes several times longer), ``send_packed_command`` and ``read_response`` under the
+connection's own retry policy, as a redis-py pipeline does. That leaves out only what
+``execute_command`` adds around a command (response callbacks, which script replies
+have none of, and redis-py's own metrics). Clients with a connection of their own
+(``single_connection_client``) and Redis Cluster clients, which route by key, go
+through ``execute_command``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from redis.exceptions import NoScriptError
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis older than 2.1: redis-py packs
+    _hiredis_pack = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +89,16 @@ async def run_command(client: Any, *command: Any) -> Any:
 
 
 async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
-    await conn.send_command(*command)
+    encoder = conn.encoder
+    # hiredis writes text as UTF-8: other encodings are the client's to apply.
+    if (
+        _hiredis_pack is not None
+        and encoder.encoding == "utf-8"
+        and encoder.encoding_errors == "strict"
+    ):
+        await conn.send_packed_command(_hiredis_pack(command))
+    else:
+        await conn.send_command(*command)
     return await conn.read_response()
 
 
