@@ -243,25 +243,33 @@ class LeaseLock:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("acquire() must be called from an asyncio task")
-        held = self._leases.get(task)
-        if held is not None and not held.ended:
-            raise LockError(f"lock {self._resource.description!r} is already held by this task")
-        for acquirer, old in list(self._leases.items()):
-            if old.ended and (acquirer is task or acquirer.done()):
-                del self._leases[acquirer]
+        return await self._acquire(task, blocking, wait_limit) is not None
+
+    async def _acquire(
+        self, task: asyncio.Task[Any], blocking: bool, wait_limit: float | None
+    ) -> Lease | None:
+        """Acquire for ``task``; return its lease, started, or ``None`` if not acquired."""
+        leases = self._leases
+        if leases:
+            held = leases.get(task)
+            if held is not None and not held.ended:
+                raise LockError(f"lock {self._resource.description!r} is already held by this task")
+            for acquirer, old in list(leases.items()):
+                if old.ended and (acquirer is task or acquirer.done()):
+                    del leases[acquirer]
 
         notifier = notifier_for(self._client) if blocking else None
         acquisition = Acquisition(
             self._resource, self._client, self._policy, self._retry, notifier, blocking=blocking
         )
-        lease = await acquisition.run(wait_limit)
+        lease = await acquisition.run(wait_limit, task)
         if lease is None:
-            return False
-        self._leases[task] = lease
+            return None
+        leases[task] = lease
         self._acquisitions += 1
         self._hand_overs += acquisition.handed_over
         lease.start()
-        return True
+        return lease
 
     def _current_lease(self) -> Lease:
         lease = self.lease
@@ -282,12 +290,13 @@ class LeaseLock:
         await lease.release()
 
     async def __aenter__(self) -> Lease:
-        started = time.monotonic()
-        if not await self.acquire():
-            raise LockNotAcquired(self._resource.description, time.monotonic() - started)
-        lease = self._current_lease()
         task = asyncio.current_task()
-        assert task is not None  # acquire() checked it
+        if task is None:
+            raise RuntimeError("async with must run in an asyncio task")
+        started = time.monotonic()
+        lease = await self._acquire(task, self._blocking, self._timeout if self._blocking else None)
+        if lease is None:
+            raise LockNotAcquired(self._resource.description, time.monotonic() - started)
         lease.guard(task)
         return lease
 

@@ -47,7 +47,7 @@ class MultiLock(LeaseLock):
         self._names = check_names(names)
         checked_prefix = check_prefix(prefix)
         _check_one_slot(client, checked_prefix, self._names)
-        super().__init__(client, NamedLocks(checked_prefix, self._names), **options)
+        super().__init__(client, NamedLocks.of(checked_prefix, self._names), **options)
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -71,7 +71,7 @@ class Mutex(LeaseLock):
         **options: Unpack[LockOptions],
     ) -> None:
         self._name = check_name(name)
-        super().__init__(client, NamedLocks(check_prefix(prefix), (self._name,)), **options)
+        super().__init__(client, NamedLocks.of(check_prefix(prefix), (self._name,)), **options)
 
     @property
     def name(self) -> str:

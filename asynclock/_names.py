@@ -19,6 +19,7 @@ exclude each other on a shared name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,17 @@ class NamedLocks:
         )
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "line_keys", tuple(key for line in lines for key in line))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def of(prefix: str, names: tuple[str, ...]) -> NamedLocks:
+        """The locks over ``names`` with ``prefix``, shared by every lock object on them.
+
+        Lock objects are often made per use (``async with Mutex(client, name)``);
+        working out the keys costs more than an uncontended acquire's own Python, so
+        the value, which never changes, is kept for the most recent names.
+        """
+        return NamedLocks(prefix, names)
 
     @property
     def description(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -41,9 +41,8 @@ class Place(StrEnum):
     BACK = "back"
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """The answer of one acquire attempt.
+class Grant(NamedTuple):
+    """The answer of one acquire attempt (a named tuple: one is made at every try).
 
     :ivar acquired: whether the caller now holds the lease
     :ivar fencing_tokens: one fencing token per name, when acquired

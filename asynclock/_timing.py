@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from ._errors import LockLost
@@ -84,6 +84,8 @@ class LeasePolicy:
     :ivar on_lost: called with the ``LockLost`` error when a lease is lost
     :ivar hold_at_least: keep the lock until this long after the acquire, even if
         released earlier, or ``None``
+    :ivar ttl_ms: the TTL in whole milliseconds, rounded up so the server never holds
+        less (computed once: every acquire sends it)
     """
 
     ttl: float
@@ -92,6 +94,10 @@ class LeasePolicy:
     max_hold: float | None
     on_lost: OnLost | None
     hold_at_least: float | None = None
+    ttl_ms: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ttl_ms", math.ceil(self.ttl * 1000))
 
     @classmethod
     def build(
@@ -137,8 +143,3 @@ class LeasePolicy:
             on_lost=on_lost,  # checked callable above
             hold_at_least=least,
         )
-
-    @property
-    def ttl_ms(self) -> int:
-        """The TTL in whole milliseconds, rounded up so the server never holds less."""
-        return math.ceil(self.ttl * 1000)
