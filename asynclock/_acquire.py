@@ -44,10 +44,8 @@ from ._notify import Notifier
 from ._queue import (
     LocalQueue,
     Offer,
-    end_first_try,
     enter_queue,
     first_try,
-    join_queue,
 )
 from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
 from ._retry import DEFAULT_RETRY, RetryStrategy
@@ -212,26 +210,14 @@ class Acquisition:
             try:
                 lease, refused = await self._try(waiter=notifier.id)
             except BaseException:
-                made = end_first_try(client, resource.channels, attempt)
-                if made is not None:
-                    made.turn.release()
-                queue = made or join_queue(client, notifier, resource)
-                queue.in_line = True  # it may have been put in line: the queue leaves it
+                queue = await attempt.refused(client, notifier, resource)
+                queue.turn.release()
                 queue.leave()
                 raise
-            made = end_first_try(client, resource.channels, attempt)
             if lease is not None:
-                if made is not None:  # someone came meanwhile: its turn was held for us
-                    made.took_lock(resource.exclusive)
-                    made.turn.release()
-                    made.leave()
+                attempt.took_lock(resource.exclusive)
                 return lease
-            if made is None:
-                queue = join_queue(client, notifier, resource)
-                await queue.turn.acquire()  # a new queue's turn is free: no wait
-            else:
-                queue = made
-            queue.in_line = True  # the refusal put the process in line
+            queue = await attempt.refused(client, notifier, resource)
         try:
             return await self._as_head(queue, refused)
         finally:

@@ -253,16 +253,48 @@ class FirstTry:
 
     An uncontended acquire makes it and nothing else. A coroutine arriving meanwhile
     makes the queue (:func:`enter_queue`) with the try's maker at its head, so that
-    arrival order is kept and a burst of waiters still costs one try at a time.
+    arrival order is kept and a burst of waiters still costs one try at a time. The
+    maker ends it with :meth:`took_lock` or :meth:`refused`.
 
     :ivar queue: that queue, whose turn is held for the maker; ``None`` while nobody
         else came
     """
 
-    __slots__ = ("queue",)
+    __slots__ = ("_channels", "_registry", "queue")
 
-    def __init__(self) -> None:
+    def __init__(
+        self, registry: dict[tuple[str, ...], LocalQueue | FirstTry], channels: tuple[str, ...]
+    ) -> None:
+        self._registry = registry
+        self._channels = channels
         self.queue: LocalQueue | None = None
+
+    def took_lock(self, exclusive: bool) -> None:
+        """End the try, which took the lock; a queue made meanwhile goes on without us."""
+        self._end()
+        queue = self.queue
+        if queue is not None:
+            queue.took_lock(exclusive)  # its next head waits for our release
+            queue.turn.release()
+            queue.leave()
+
+    async def refused(self, client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+        """End the try, refused (or failed); return the queue, its turn ours.
+
+        The refusal put the process in the lock's line (a failed try may have), which
+        the queue now knows, so that its last waiter leaves the line.
+        """
+        self._end()
+        queue = self.queue
+        if queue is None:
+            queue = join_queue(client, notifier, resource)
+            await queue.turn.acquire()  # a new queue's turn is free: this does not wait
+        queue.in_line = True
+        return queue
+
+    def _end(self) -> None:
+        if self._registry.get(self._channels) is self:
+            del self._registry[self._channels]
 
 
 # The queues of each client's process, by the lock's channels; a FirstTry while a
@@ -281,24 +313,16 @@ def queue_for(client: Any, channels: tuple[str, ...]) -> LocalQueue | None:
 
 def first_try(client: Any, channels: tuple[str, ...]) -> FirstTry | None:
     """Start this process's try for the lock on ``channels`` without a queue, if no
-    coroutine of the process waits for the lock or tries it; end it with
-    :func:`end_first_try`. ``None``: the caller enters the queue (:func:`enter_queue`).
+    coroutine of the process waits for the lock or tries it. ``None``: the caller
+    enters the queue (:func:`enter_queue`).
     """
     queues = _queues.get(client)
     if queues is None:
         queues = _queues[client] = {}
     elif channels in queues:
         return None
-    attempt = queues[channels] = FirstTry()
+    attempt = queues[channels] = FirstTry(queues, channels)
     return attempt
-
-
-def end_first_try(client: Any, channels: tuple[str, ...], attempt: FirstTry) -> LocalQueue | None:
-    """End ``attempt``; return the queue made meanwhile, whose turn is the caller's."""
-    queues = _queues.get(client)
-    if queues is not None and queues.get(channels) is attempt:
-        del queues[channels]
-    return attempt.queue
 
 
 async def enter_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
