@@ -17,6 +17,8 @@ import logging
 import math
 import sys
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Final
 
@@ -133,6 +135,21 @@ class Lease:
             f"<Lease {self._resource.description!r} {self._state.value} "
             f"fencing_tokens={self.fencing_tokens} remaining={self.remaining:.3f}s>"
         )
+
+    def __del__(self) -> None:
+        # Unreachable while held: acquired, never released, and forgotten. Its watchdog
+        # stops here, so the name frees within its TTL instead of being extended for
+        # as long as the process lives; say which lock, as an unclosed file does.
+        if self._state is LeaseState.HELD and self._started:
+            timer = self._timer
+            if timer is not None:
+                timer.cancel()
+            message = (
+                f"lock {self.name!r} was acquired and never released; it is no longer"
+                " extended, and frees when its TTL runs out"
+            )
+            warnings.warn(message, ResourceWarning, stacklevel=1)
+            _log.warning("%s", message)
 
     @property
     def name(self) -> str:
@@ -303,7 +320,9 @@ class Lease:
 
     # The watchdog is a timer, not a task: most leases are released long before their
     # first extension, and arming a timer costs far less than starting a task. Only
-    # an extension that is due runs as a task.
+    # an extension that is due runs as a task. The timer holds the lease weakly: a
+    # lease nobody can reach any more (acquired, never released, its lock object
+    # dropped) is collected, and its watchdog stops with it (see __del__).
 
     def _arm(self) -> None:
         """Set the timer for the next thing to do: extend, or declare the lease lost."""
@@ -313,7 +332,9 @@ class Lease:
         if self._policy.auto_extend:
             wake = min(wake, self._next_extension)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, wake - time.monotonic()), self._on_timer)
+        self._timer = loop.call_later(
+            max(0.0, wake - time.monotonic()), _on_watchdog_timer, weakref.ref(self)
+        )
 
     def _stop_watchdog(self) -> None:
         if self._timer is not None:
@@ -480,6 +501,13 @@ class Lease:
         elif _events.listening("lock_released"):
             _events.emit(self._event("lock_released"))
         return ours
+
+
+def _on_watchdog_timer(lease_ref: weakref.ref[Lease]) -> None:
+    """The watchdog's timer: wake the lease, if anyone still holds it."""
+    lease = lease_ref()
+    if lease is not None:
+        lease._on_timer()
 
 
 def _call_hook(hook: OnLost, loss: LockLost) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 
@@ -404,3 +405,35 @@ async def test_a_body_looping_on_wait_for_is_still_stopped_on_loss(client: redis
                 while time.monotonic() < give_up:
                     await asyncio.wait_for(asyncio.sleep(0.0002), 1)
         assert time.monotonic() - lost_at[0] < 0.2
+
+
+async def test_a_forgotten_lease_stops_being_extended_and_says_so(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def forget() -> None:
+        lock = Mutex(client, "forgotten", ttl=0.5)
+        assert await lock.acquire()
+        raise RuntimeError("the task fails before it releases")
+
+    task = asyncio.create_task(forget())
+    await asyncio.wait([task])
+    assert isinstance(task.exception(), RuntimeError)
+    del task  # the lease and its lock object are now garbage
+    with pytest.warns(ResourceWarning, match="'forgotten' was acquired and never released"):
+        gc.collect()
+    assert "'forgotten' was acquired and never released" in caplog.text
+    await asyncio.sleep(1.0)  # two TTLs: no watchdog extends it any more
+    assert await client.exists(owner_key("forgotten")) == 0
+
+
+async def test_an_unreleased_lease_still_reachable_is_still_extended(client: redis.Redis) -> None:
+    lock = Mutex(client, "kept", ttl=0.5)
+
+    async def keep() -> None:
+        assert await lock.acquire()
+
+    await asyncio.create_task(keep())  # its task is done; the lock object still has the lease
+    gc.collect()
+    await asyncio.sleep(1.0)
+    assert await client.exists(owner_key("kept")) == 1
+    await lock.release()
