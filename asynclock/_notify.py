@@ -56,6 +56,8 @@ class Notifier:
     def __init__(self, client: Any) -> None:
         #: This process's id in the lines of waiters, and in release messages.
         self.id = secrets.token_hex(8)
+        #: The event loop it serves: its subscriptions, reader and futures live there.
+        self.loop = asyncio.get_running_loop()
         self._pubsub = client.pubsub()
         self._events: dict[str, set[asyncio.Event]] = {}  # the channels wanted now
         self._subscribed: set[str] = set()  # SUBSCRIBE sent, no UNSUBSCRIBE since
@@ -209,13 +211,19 @@ _notifiers: weakref.WeakKeyDictionary[Any, Notifier] = weakref.WeakKeyDictionary
 
 
 def notifier_for(client: Any) -> Notifier | None:
-    """The client's notifier, made on first use; ``None`` if it has no usable pub/sub."""
+    """The client's notifier on the running loop; ``None`` if it has no usable pub/sub.
+
+    Made on first use, and anew when the client is used from another event loop (a
+    script calling ``asyncio.run`` again with a module-level client): what the old one
+    knew of its subscriptions died with its loop, and trusting it would leave the new
+    loop's waiters without wake-ups.
+    """
     if hasattr(client, "get_node_from_key"):  # a cluster client
         return None
     max_connections = getattr(client.connection_pool, "max_connections", None)
     if max_connections is not None and max_connections < 2:
         return None  # the subscriber would take the only connection: poll instead
     notifier = _notifiers.get(client)
-    if notifier is None:
+    if notifier is None or notifier.loop is not asyncio.get_running_loop():
         notifier = _notifiers[client] = Notifier(client)
     return notifier

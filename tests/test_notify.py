@@ -430,3 +430,32 @@ async def test_bodies_that_never_yield_do_not_leave_their_waiters_to_the_fallbac
     await asyncio.gather(worker(), worker())
     # Each release wakes the other worker; none waits for the 0.25 s re-check.
     assert sum(wait >= 0.2 for wait in waits) <= 1  # one hiccup of a loaded machine
+
+
+@pytest.mark.usefixtures("no_fallback")
+async def test_a_client_reused_by_a_new_event_loop_still_wakes_its_waiters(redis_url: str) -> None:
+    # A CLI tool or a cron script: asyncio.run(...) several times with one module-level
+    # client, closed at the end of each run.
+    shared = redis.Redis.from_url(redis_url)
+
+    async def one_run() -> float:
+        other = redis.Redis.from_url(redis_url)  # another process holds the lock
+        holder = Mutex(other, "loops", ttl=30)
+        assert await holder.acquire()
+        waiter = asyncio.create_task(Mutex(shared, "loops", ttl=30).acquire())
+        await asyncio.sleep(0.2)
+        released = time.monotonic()
+        await holder.release()
+        try:
+            assert await asyncio.wait_for(waiter, 5)  # no fallback: a notification only
+            return time.monotonic() - released
+        finally:
+            await shared.delete(owner_key("loops"))
+            await shared.aclose()
+            await other.aclose()
+
+    def run_three_times() -> list[float]:
+        return [asyncio.run(one_run()) for _ in range(3)]
+
+    woken_after = await asyncio.to_thread(run_three_times)
+    assert all(delay < 1.0 for delay in woken_after), woken_after
