@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,7 +25,7 @@ from ._lease import Lease
 from ._notify import notifier_for
 from ._queue import queue_for
 from ._resource import BACKEND_ERRORS, Resource
-from ._retry import RetryStrategy
+from ._retry import RetryStrategy, never_gives_up
 from ._timing import LeasePolicy, OnLost
 from ._validate import check_optional_seconds
 
@@ -257,6 +258,16 @@ class LeaseLock:
             for acquirer, old in list(leases.items()):
                 if old.ended and (acquirer is task or acquirer.done()):
                     del leases[acquirer]
+        held_by_task = _held.get(task)
+        if (
+            held_by_task is not None
+            and blocking
+            and wait_limit is None
+            and never_gives_up(self._retry)
+        ):
+            # Only a wait without end is refused: a try that does not wait, a wait with
+            # a timeout or a retry limit, ends as for any held lock.
+            self._refuse_self_deadlock(task, held_by_task)
 
         notifier = notifier_for(self._client) if blocking else None
         acquisition = Acquisition(
@@ -266,10 +277,32 @@ class LeaseLock:
         if lease is None:
             return None
         leases[task] = lease
+        if self._resource.exclusive:
+            if held_by_task is None:
+                held_by_task = _held[task] = []
+            holding = (weakref.ref(lease), self._client, frozenset(self._resource.channels))
+            held_by_task.append(holding)
         self._acquisitions += 1
         self._hand_overs += acquisition.handed_over
         lease.start()
         return lease
+
+    def _refuse_self_deadlock(self, task: asyncio.Task[Any], held: list[_Holding]) -> None:
+        """Refuse a name ``task`` already holds through another lock object.
+
+        Waiting for oneself without a timeout would never end, so it is refused at
+        once. Holdings that ended are dropped on the way.
+        """
+        live = [(holding, lease) for holding in held if (lease := holding[0]()) and not lease.ended]
+        held[:] = [holding for holding, _ in live]
+        wanted = frozenset(self._resource.channels)
+        for (_, client, names), lease in live:
+            if names & wanted and _same_server(client, self._client):
+                raise LockError(
+                    f"lock {self._resource.description!r}: task {task.get_name()!r} already"
+                    f" holds {lease.name!r} through another lock object, and would wait for"
+                    " itself (the lock is not reentrant)"
+                )
 
     def _current_lease(self) -> Lease:
         lease = self.lease
@@ -312,6 +345,25 @@ class LeaseLock:
         if lease is None:  # released by hand inside the body
             return
         await lease.exit_body(task, exc)
+
+
+# What each task holds through exclusive locks of this process: the lease (weakly: a
+# forgotten lease must still be collected), its client and its channels (which name
+# its keys). Checked at every acquire, so that a task cannot wait for a name it holds
+# itself through another lock object.
+_Holding = tuple["weakref.ref[Lease]", Any, frozenset[str]]
+_held: weakref.WeakKeyDictionary[asyncio.Task[Any], list[_Holding]] = weakref.WeakKeyDictionary()
+
+
+def _same_server(one: Any, other: Any) -> bool:
+    """Whether two clients talk to the same server and database (as far as told)."""
+    if one is other:
+        return True
+    first = getattr(getattr(one, "connection_pool", None), "connection_kwargs", None)
+    second = getattr(getattr(other, "connection_pool", None), "connection_kwargs", None)
+    if first is None or second is None:
+        return False  # cluster clients: only the same client object counts
+    return all(first.get(key) == second.get(key) for key in ("host", "port", "path", "db"))
 
 
 def check_client(client: object) -> None:

@@ -132,3 +132,12 @@ class LimitRetries:
 #: The strategy of a polling waiter when none is given (a notified one retries at every
 #: release, and every quarter second).
 DEFAULT_RETRY = ExponentialBackoff()
+
+
+def never_gives_up(strategy: RetryStrategy | None) -> bool:
+    """Whether waiting with ``strategy`` can only end with the lock (or a timeout).
+
+    ``None`` is the default, which retries for ever; so do the backoffs. A limit, no
+    retry, or a strategy of the user's own may end the wait.
+    """
+    return strategy is None or type(strategy) in (LinearBackoff, ExponentialBackoff)

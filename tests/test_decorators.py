@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock import (
+    LockError,
     LockEvent,
     LockLost,
     LockNotAcquired,
@@ -277,3 +278,22 @@ async def test_a_stalled_server_gives_extend_failed_then_lost_then_failed(
     assert sequence[1] == "lock_extend_failed"
     assert sequence[-3:] == ["lock_lost", "task_failed", "task_finished"]
     assert set(sequence[1:-3]) == {"lock_extend_failed"}
+
+
+async def test_a_decorated_function_calling_itself_is_refused_not_deadlocked(
+    client: redis.Redis,
+) -> None:
+    calls = 0
+
+    @locked("recursive", client=client)  # timeout=None: a wait would never end
+    async def walk(depth: int) -> None:
+        nonlocal calls
+        calls += 1
+        if depth:
+            await walk(depth - 1)
+
+    async with asyncio.timeout(2):
+        with pytest.raises(LockError, match="already holds 'recursive'"):
+            await walk(1)
+    assert calls == 1
+    await walk(0)  # the name was released on the way out

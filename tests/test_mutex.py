@@ -17,6 +17,7 @@ from asynclock import (
     LockLost,
     LockNotAcquired,
     LockNotOwned,
+    MultiLock,
     Mutex,
     _scripts,
 )
@@ -135,6 +136,28 @@ async def test_the_lock_is_not_reentrant(client: redis.Redis) -> None:
     async with lock:
         with pytest.raises(LockError, match="already held by this task"):
             await lock.acquire()
+
+
+async def test_a_task_cannot_wait_for_a_name_it_holds_through_another_object(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    async with Mutex(client, "job"):
+        # Another object, even on another client of the same server: refused at once,
+        # not a wait for ever (timeout=None).
+        async with asyncio.timeout(2):  # in this task: wait_for would run another
+            for other in (Mutex(client, "job"), Mutex(make_client(), "job")):
+                with pytest.raises(LockError, match="already holds 'job' through another"):
+                    await other.acquire()
+            with pytest.raises(LockError, match="already holds 'job'"):
+                await MultiLock(client, ["other", "job"]).acquire()
+            # A try that does not wait answers as for any held lock.
+            assert not await Mutex(client, "job").acquire(blocking=False)
+        # Other names, and other tasks, go on as before.
+        async with Mutex(client, "not-job"):
+            pass
+        assert not await asyncio.create_task(Mutex(client, "job").acquire(blocking=False))
+    async with Mutex(client, "job"):  # released: the task may take it again
+        pass
 
 
 async def test_auto_extend_keeps_a_body_longer_than_the_ttl(client: redis.Redis) -> None:
