@@ -131,6 +131,8 @@ class LeaseLock:
         # Leases by the task that acquired them; an entry goes on release, or when
         # its task is done and its lease over (pruned at the next acquire).
         self._leases: dict[asyncio.Task[Any], Lease] = {}
+        # The names, as channels, that a task may not wait for while it holds them.
+        self._channel_set = frozenset(resource.channels)
         self._acquisitions = 0
         self._hand_overs = 0
 
@@ -280,8 +282,9 @@ class LeaseLock:
         if self._resource.exclusive:
             if held_by_task is None:
                 held_by_task = _held[task] = []
-            holding = (weakref.ref(lease), self._client, frozenset(self._resource.channels))
-            held_by_task.append(holding)
+            else:
+                _prune(held_by_task)  # a task looping acquire/release keeps one entry
+            held_by_task.append((weakref.ref(lease), self._client, self._channel_set))
         self._acquisitions += 1
         self._hand_overs += acquisition.handed_over
         lease.start()
@@ -293,15 +296,19 @@ class LeaseLock:
         Waiting for oneself without a timeout would never end, so it is refused at
         once. Holdings that ended are dropped on the way.
         """
-        live = [(holding, lease) for holding in held if (lease := holding[0]()) and not lease.ended]
-        held[:] = [holding for holding, _ in live]
-        wanted = frozenset(self._resource.channels)
-        for (_, client, names), lease in live:
-            if names & wanted and _same_server(client, self._client):
+        _prune(held)
+        for lease_ref, client, names in held:
+            lease = lease_ref()
+            if (
+                lease is not None
+                and names & self._channel_set
+                and _same_server(client, self._client)
+            ):
                 raise LockError(
                     f"lock {self._resource.description!r}: task {task.get_name()!r} already"
                     f" holds {lease.name!r} through another lock object, and would wait for"
-                    " itself (the lock is not reentrant)"
+                    " itself for ever (the lock is not reentrant; give a timeout to wait"
+                    " anyway)"
                 )
 
     def _current_lease(self) -> Lease:
@@ -353,6 +360,11 @@ class LeaseLock:
 # itself through another lock object.
 _Holding = tuple["weakref.ref[Lease]", Any, frozenset[str]]
 _held: weakref.WeakKeyDictionary[asyncio.Task[Any], list[_Holding]] = weakref.WeakKeyDictionary()
+
+
+def _prune(held: list[_Holding]) -> None:
+    """Drop the holdings whose lease ended (or was collected)."""
+    held[:] = [holding for holding in held if (lease := holding[0]()) and not lease.ended]
 
 
 def _same_server(one: Any, other: Any) -> bool:

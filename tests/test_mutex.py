@@ -21,6 +21,7 @@ from asynclock import (
     Mutex,
     _scripts,
 )
+from asynclock import _lock as lock_module
 
 from .conftest import owner_key
 
@@ -459,4 +460,16 @@ async def test_an_unreleased_lease_still_reachable_is_still_extended(client: red
     gc.collect()
     await asyncio.sleep(1.0)
     assert await client.exists(owner_key("kept")) == 1
+    await lock.release()
+
+
+async def test_a_task_acquiring_again_and_again_keeps_one_holding(client: redis.Redis) -> None:
+    lock = Mutex(client, "loop")
+    for _ in range(50):
+        assert await lock.acquire(blocking=False)
+        await lock.release()
+    assert await lock.acquire(blocking=False)
+    task = asyncio.current_task()
+    assert task is not None
+    assert len(lock_module._held[task]) == 1  # ended holdings are dropped as it goes
     await lock.release()
