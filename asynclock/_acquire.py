@@ -154,7 +154,8 @@ class Acquisition:
             # have reached Redis: release by token so nothing stays held. In the
             # background, so that the caller gets its answer when its timeout says.
             if self.may_hold:
-                spawn(clean_up(self._resource, self._client, self.token, self._abandon_timeout()))
+                clean = clean_up(self._resource, self._client, self.token, self._abandon_timeout())
+                spawn(clean, f"cleaning up lock {self._resource.description!r}")
             return None
         except asyncio.CancelledError:
             if self.may_hold:

@@ -6,24 +6,40 @@ Nothing here knows about locks; every other module of the lifecycle may use it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
+
+_log = logging.getLogger("asynclock")
 
 #: The background tasks still running, kept referenced until they are done (the loop
 #: holds only weak references to tasks).
 _background: set[asyncio.Task[Any]] = set()
 
 
-def spawn(coro: Coroutine[Any, Any, None]) -> None:
+def spawn(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
     """Run ``coro`` in the background, keeping a reference until it is done.
 
-    The coroutine handles its own errors: whatever it lets through is logged by asyncio.
+    Whatever it raises (a cancellation aside) is logged once, with ``what`` it was
+    doing, never left to asyncio's "exception was never retrieved": a background
+    task of the library may fail, but must not crash or flood the application.
     """
     task = asyncio.ensure_future(coro)
     _background.add(task)
-    task.add_done_callback(_background.discard)
+    task.add_done_callback(functools.partial(_finished, what))
+    return task
+
+
+def _finished(what: str, task: asyncio.Task[None]) -> None:
+    _background.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        _log.error("%s failed: %r", what, error, exc_info=error)
 
 
 async def complete_despite_cancel(aw: Coroutine[Any, Any, _T]) -> _T:

@@ -354,7 +354,7 @@ class Lease:
         elif self._hold_limit is not None and now >= self._hold_limit:
             self._lose(f"held longer than max_hold ({self._policy.max_hold} s)")
         elif self._policy.auto_extend and now >= self._next_extension:
-            self._extending = asyncio.ensure_future(self._extend_in_background())
+            self._extending = spawn(self._extend_in_background(), f"extending lock {self.name!r}")
         else:  # woke early, or the deadline moved (a manual extend)
             self._arm()
 
@@ -417,8 +417,9 @@ class Lease:
         # The key may still hold our token (an extension that could not get through,
         # or max_hold): delete it, so the next holder need not wait for the TTL. The
         # release of the lease waits for this, so nothing runs on after `async with`.
-        self._cleanup = asyncio.ensure_future(
-            clean_up(self._resource, self._client, self.token, self._release_timeout())
+        self._cleanup = spawn(
+            clean_up(self._resource, self._client, self.token, self._release_timeout()),
+            f"cleaning up lost lock {self.name!r}",
         )
         if self._policy.on_lost is not None:
             _call_hook(self._policy.on_lost, loss)
@@ -518,7 +519,7 @@ def _call_hook(hook: OnLost, loss: LockLost) -> None:
         _log.exception("the on_lost hook of lock %r raised", loss.name)
         return
     if inspect.isawaitable(result):
-        spawn(_await_hook(result, loss))
+        spawn(_await_hook(result, loss), f"the on_lost hook of lock {loss.name!r}")
 
 
 async def _await_hook(result: Awaitable[None], loss: LockLost) -> None:

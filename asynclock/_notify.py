@@ -35,6 +35,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ._aio import spawn
+
 _log = logging.getLogger("asynclock")
 
 # The longest the head of a queue waits for the server to confirm its subscription.
@@ -89,7 +91,7 @@ class Notifier:
             self._subscribed.update(new)
             self._to_subscribe.extend(new)
             if self._sender is None or self._sender.done():
-                self._sender = asyncio.ensure_future(self._send_subscriptions())
+                self._sender = spawn(self._send_subscriptions(), "subscribing to releases")
         try:
             # Bounded: without a confirmation the head still re-checks by polling.
             if unconfirmed:
@@ -112,7 +114,7 @@ class Notifier:
                 continue
             if self._reader is None or self._reader.done():
                 self._next_sweep = asyncio.get_running_loop().time() + _SWEEP_INTERVAL
-                self._reader = asyncio.ensure_future(self._read())
+                self._reader = spawn(self._read(), "reading release notifications")
 
     def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         """Stop setting ``event``; the reader's sweep unsubscribes unwanted channels."""
@@ -141,6 +143,16 @@ class Notifier:
 
     async def _read(self) -> None:
         """Deliver messages to the waiting heads until nothing is subscribed."""
+        try:
+            await self._deliver()
+        except Exception:
+            # Unexpected (a client library bug, say): forget the subscriptions, so that
+            # the next waiter subscribes anew and starts a reader; spawn logs the error.
+            self._subscribed.clear()
+            self._confirmed.clear()
+            raise
+
+    async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if loop.time() >= self._next_sweep:

@@ -84,6 +84,7 @@ class LocalQueue:
     """The waiters of one process for one lock: a FIFO lock and a wake-up event.
 
     :ivar notifier: the client's notifier, whose id is the process's in the line
+    :ivar description: the lock's name(s), for messages
     :ivar users: coroutines in the queue, the head included
     :ivar event: set by a release notification, or by a release of this process
     :ivar in_line: whether the process stands in the lock's line in Redis
@@ -97,6 +98,7 @@ class LocalQueue:
         "_registry",
         "_watching",
         "channels",
+        "description",
         "event",
         "in_line",
         "notifier",
@@ -110,9 +112,11 @@ class LocalQueue:
         channels: tuple[str, ...],
         leave_line: LeaveLine,
         registry: dict[tuple[str, ...], LocalQueue | FirstTry],
+        description: str = "",
     ) -> None:
         self.notifier = notifier
         self.channels = channels
+        self.description = description
         self._leave_line = leave_line
         self._registry = registry
         self.users = 0
@@ -199,7 +203,8 @@ class LocalQueue:
             return
         del self._registry[self.channels]
         if self.in_line:
-            spawn(_leave_line(self._leave_line, self.notifier.id))
+            what = f"leaving the line of waiters of lock {self.description!r}"
+            spawn(_leave_line(self._leave_line, self.notifier.id), what)
         if self._watching:
             self.notifier.unwatch(self.channels, self.event)
 
@@ -350,7 +355,9 @@ def join_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueu
     queue = queues.get(channels)
     if not isinstance(queue, LocalQueue):  # none, or the caller's own first try
         leave_line = functools.partial(resource.leave_line, client)
-        queue = queues[channels] = LocalQueue(notifier, channels, leave_line, queues)
+        queue = queues[channels] = LocalQueue(
+            notifier, channels, leave_line, queues, resource.description
+        )
     queue.users += 1
     return queue
 

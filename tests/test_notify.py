@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 from collections.abc import Callable
@@ -459,3 +460,32 @@ async def test_a_client_reused_by_a_new_event_loop_still_wakes_its_waiters(redis
 
     woken_after = await asyncio.to_thread(run_three_times)
     assert all(delay < 1.0 for delay in woken_after), woken_after
+
+
+async def test_a_background_task_never_leaks_an_exception_to_asyncio(
+    client: redis.Redis,
+    make_client: Callable[..., redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    unhandled: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+
+    async def broken(self: NamedLocks, client: Any, waiter: str) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'send_packed_command'")
+
+    monkeypatch.setattr(NamedLocks, "leave_line", broken)  # as seen with a frozen server
+    holder = Mutex(make_client(), "bg", ttl=30)  # another process holds it
+    assert await holder.acquire()
+    waiter = asyncio.create_task(Mutex(client, "bg", ttl=30).acquire())
+    await asyncio.sleep(0.2)  # refused: the process stands in line
+    waiter.cancel()  # the last waiter leaves the line, in the background
+    await asyncio.gather(waiter, return_exceptions=True)
+    await asyncio.sleep(0.1)
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    await holder.release()
+    assert unhandled == []
+    assert "leaving the line of waiters of lock 'bg' failed" in caplog.text
