@@ -15,6 +15,7 @@ Built on the public primitives only: a call enters ``async with Mutex(...)`` (or
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import string
@@ -27,7 +28,7 @@ from ._errors import LockNotAcquired
 from ._lease import Lease
 from ._lock import LeaseLock, check_client
 from ._mutex import Mutex
-from ._names import DEFAULT_PREFIX, owner_key
+from ._names import DEFAULT_PREFIX
 from ._retry import RetryStrategy
 from ._semaphore import Semaphore
 from ._timing import LeasePolicy
@@ -97,6 +98,7 @@ def locked(
     :param name: the lock's name, a template formatted with the call's arguments by
         parameter name, defaults applied (``"report:{user_id}"``,
         ``"sync:{account.id}"``); default: the function's module and qualified name
+        (required for a ``functools.partial``, which has none)
     :param client: the ``redis.asyncio`` client; or the name of an attribute of the
         first argument (``"redis"`` for ``self.redis``); or a callable taking the
         first argument (or nothing) and returning the client
@@ -142,7 +144,10 @@ def locked(
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"@locked needs a coroutine function (async def), not {func!r}")
         signature = inspect.signature(func)
-        qualname = f"{func.__module__}.{func.__qualname__}"
+        own_name = getattr(func, "__qualname__", None)  # a functools.partial has none
+        if own_name is None and name is None:
+            raise TypeError(f"@locked needs a lock name for {func!r}, which has no __qualname__")
+        qualname = f"{func.__module__}.{own_name}" if own_name is not None else repr(func)
         template = qualname if name is None else name
         format_name = _name_formatter(template, signature)
         get_client = _client_getter(client, signature)
@@ -164,6 +169,7 @@ def locked(
 
         def event(
             kind: str,
+            lock: LeaseLock,
             lock_name: str,
             lease: Lease | None,
             started: float,
@@ -174,7 +180,7 @@ def locked(
                     _events.LockEvent(
                         event=kind,
                         lock=lock_name,
-                        key=owner_key(prefix, lock_name),
+                        key=lock.key,
                         token=None if lease is None else lease.token,
                         fencing_token=None if lease is None else lease.fencing_token,
                         duration=time.monotonic() - started,
@@ -194,21 +200,24 @@ def locked(
             lease: Lease | None = None
             try:
                 async with lock as lease:
-                    event("task_started", lock_name, lease, started)
+                    event("task_started", lock, lock_name, lease, started)
                     result = await func(*args, **kwargs)
             except LockNotAcquired as error:
                 if lease is None and skip_if_locked:
-                    event("task_skipped", lock_name, None, started)
+                    event("task_skipped", lock, lock_name, None, started)
                     return None
-                event("task_failed", lock_name, lease, started, error)
-                event("task_finished", lock_name, lease, started)
+                event("task_failed", lock, lock_name, lease, started, error)
+                event("task_finished", lock, lock_name, lease, started)
                 raise
             except BaseException as error:
-                event("task_failed", lock_name, lease, started, error)
-                event("task_finished", lock_name, lease, started)
+                # Cancellation is not failure (a loss is: it raises LockLost).
+                cancelled = isinstance(error, asyncio.CancelledError)
+                outcome = "task_cancelled" if cancelled else "task_failed"
+                event(outcome, lock, lock_name, lease, started, error)
+                event("task_finished", lock, lock_name, lease, started)
                 raise
-            event("task_succeeded", lock_name, lease, started)
-            event("task_finished", lock_name, lease, started)
+            event("task_succeeded", lock, lock_name, lease, started)
+            event("task_finished", lock, lock_name, lease, started)
             return result
 
         return wrapper

@@ -18,6 +18,7 @@ event                  level       when
 ``task_started``       INFO        a decorated call got its lock and started
 ``task_succeeded``     INFO        a decorated call returned
 ``task_failed``        ERROR       a decorated call raised (``LockLost`` included)
+``task_cancelled``     INFO        a decorated call was cancelled (not a failure)
 ``task_skipped``       INFO        a decorated call was skipped: the lock was held
 ``task_finished``      INFO        a decorated call ended, whatever the outcome
 =====================  ==========  =====================================================
@@ -53,6 +54,7 @@ LEVELS: Final[dict[str, int]] = {
     "task_started": logging.INFO,
     "task_succeeded": logging.INFO,
     "task_failed": logging.ERROR,
+    "task_cancelled": logging.INFO,
     "task_skipped": logging.INFO,
     "task_finished": logging.INFO,
 }

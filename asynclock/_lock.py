@@ -140,6 +140,14 @@ class LeaseLock:
         return f"<{type(self).__name__} {self._resource.description!r} ttl={self._policy.ttl}>"
 
     @property
+    def key(self) -> str:
+        """The lock's main Redis key: its first name's owner key, a semaphore's holders key.
+
+        The key events name (``LockEvent.key``).
+        """
+        return self._resource.key
+
+    @property
     def ttl(self) -> float:
         """The lease's time to live, in seconds."""
         return self._policy.ttl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -17,6 +18,7 @@ from asynclock import (
     LockLost,
     LockNotAcquired,
     Mutex,
+    Semaphore,
     locked,
     set_verbosity,
     subscribe,
@@ -297,3 +299,52 @@ async def test_a_decorated_function_calling_itself_is_refused_not_deadlocked(
             await walk(1)
     assert calls == 1
     await walk(0)  # the name was released on the way out
+
+
+async def test_every_event_of_a_limited_call_names_the_semaphores_key(
+    client: redis.Redis, events: list[LockEvent]
+) -> None:
+    @locked("quota", client=client, limit=2)
+    async def call() -> None:
+        pass
+
+    await call()
+    keys = {event.key for event in events if event.event.startswith(("task_", "lock_"))}
+    assert len(keys) == 1, keys  # task_* and lock_* events name one key
+    assert keys == {Semaphore(client, "quota", limit=2).key}
+
+
+async def test_a_partial_of_a_coroutine_function_can_be_decorated_with_a_name(
+    client: redis.Redis,
+) -> None:
+    async def report(user_id: int, kind: str) -> str:
+        return f"{user_id}:{kind}"
+
+    daily = functools.partial(report, kind="daily")
+    assert await locked("report:{user_id}", client=client)(daily)(7) == "7:daily"
+    with pytest.raises(TypeError, match="name"):
+        locked(client=client)(daily)  # no name to derive: refused at decoration
+
+
+async def test_a_cancelled_call_is_task_cancelled_not_task_failed(
+    client: redis.Redis, events: list[LockEvent], caplog: pytest.LogCaptureFixture
+) -> None:
+    started = asyncio.Event()
+
+    @locked("cancelled", client=client)
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    caplog.set_level(logging.INFO, logger="asynclock")
+    call = asyncio.create_task(slow())
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert names_of(events) == ["task_started", "task_cancelled", "task_finished"]
+    cancelled = [
+        record for record in caplog.records if getattr(record, "event", "") == "task_cancelled"
+    ]
+    assert cancelled
+    assert all(record.levelno < logging.WARNING for record in cancelled)
