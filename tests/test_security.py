@@ -6,6 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as redis
@@ -22,6 +23,9 @@ ACL_RULES = (
     "+get", "+set", "+pttl", "+pexpire", "+del", "+time",
     "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore",
 )  # fmt: skip
+#: What a client on a database other than 0 (a URL ending in /N) needs on top, as
+#: documented in README.md: it selects the database when it connects.
+DATABASE_ACL_RULES = ("+select",)
 #: What a Semaphore needs on top, as documented in README.md.
 SEMAPHORE_ACL_RULES = (
     "+zcard", "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hvals",
@@ -118,3 +122,25 @@ async def test_locks_work_over_tls(redis_url: str, tmp_path: Path) -> None:
         assert lease.extensions >= 1
         assert not await Mutex(client, "tls").locked()
         await client.aclose()
+
+
+async def test_the_documented_rules_suffice_on_another_database(
+    client: redis.Redis, redis_url: str
+) -> None:
+    rules = (*ACL_RULES, *DATABASE_ACL_RULES)
+    await client.execute_command("ACL", "SETUSER", "elsewhere", "reset", "on", ">pw", *rules)
+    where = urlsplit(redis_url)
+    user = redis.Redis(
+        host=where.hostname or "127.0.0.1",
+        port=where.port or 6379,
+        db=3,
+        username="elsewhere",
+        password="pw",
+    )  # selects database 3 when it connects
+    try:
+        async with Mutex(user, "x", ttl=5) as lease:
+            assert await user.get(owner_key("x")) == lease.token.encode()
+        assert await user.exists(owner_key("x")) == 0
+    finally:
+        await user.aclose()
+        await client.execute_command("ACL", "DELUSER", "elsewhere")
