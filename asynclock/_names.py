@@ -5,8 +5,9 @@ Each name has two keys that share its hash tag, and so one Redis Cluster slot (s
 
 - ``<prefix>lock:{<name>}``: the owner key, holding the holder's token, expiring
   after the lease's TTL (``PX``);
-- ``<prefix>fence:{<name>}``: the fence counter, bumped by every acquire of the name
-  and never expiring, which makes fencing tokens strictly increasing per name;
+- ``<prefix>fence:{<name>}``: the fence counter, bumped by every acquire of the name,
+  which makes fencing tokens strictly increasing per name; it expires after a day
+  without an acquire (see ``next_fence`` in ``scripts/common.lua``);
 - ``<prefix>line:{<name>}`` and ``<prefix>line-alive:{<name>}``: the processes
   waiting for the name, by arrival and by when their place lapses. A release wakes
   the first of them only; the line never decides who may take the lock (see

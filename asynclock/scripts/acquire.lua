@@ -2,7 +2,7 @@
 --
 -- KEYS: four keys per name, for name i (from 0) at KEYS[4i+1 .. 4i+4]:
 --       owner key (a string holding the holder's token, with a PX expiry),
---       fence key (a counter that never expires),
+--       fence key (a counter; it expires after a day without an acquire),
 --       line key (waiting processes by arrival: a sorted set scored by the server
 --       clock in microseconds), alive key (the same processes by the time, in
 --       milliseconds, at which their place lapses unless renewed)

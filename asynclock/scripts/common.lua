@@ -45,12 +45,19 @@ end
 -- server clock in microseconds. So tokens keep increasing even where the counter
 -- went back: a restart without persistence, a restart from an older snapshot, a
 -- failover to a replica that had not received the latest increments.
+--
+-- The counter expires after a day without an acquire, so that names made from ids
+-- (`report:{user_id}`) do not leave a key each for ever. That cannot set tokens back:
+-- the next token is at least the clock, which has moved on by a day since the last
+-- one (tokens run ahead of the clock only by one per acquire within a microsecond),
+-- unless the server's clock steps back by more than a day.
+local FENCE_IDLE_MS = 86400000
 local function next_fence(fence_key)
   -- The clock is almost always ahead of the last token: one SET ... GET does it.
   local now = clock_us()
-  local last = tonumber(redis.call('SET', fence_key, now, 'GET'))
+  local last = tonumber(redis.call('SET', fence_key, now, 'PX', FENCE_IDLE_MS, 'GET'))
   if last and last >= now then
-    redis.call('SET', fence_key, last + 1)
+    redis.call('SET', fence_key, last + 1, 'PX', FENCE_IDLE_MS)
     return last + 1
   end
   return now
