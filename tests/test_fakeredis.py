@@ -6,6 +6,9 @@ This shows compatibility only; distributed behaviour is tested on a real server.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +49,33 @@ async def test_semaphore_and_multilock_work_on_fake_async_redis() -> None:
         assert set(lease.fencing_tokens) == {"a", "b"}
         assert not await Mutex(client, "b").acquire(blocking=False)
     await client.aclose()
+
+
+@pytest.mark.parametrize("lua", ["5.1", "5.4"])
+def test_every_script_runs_on_the_lua_versions_fakeredis_offers(lua: str) -> None:
+    # fakeredis picks its Lua when it is imported: a process of its own per version.
+    program = """
+import asyncio, fakeredis
+from asynclock import Mutex, Semaphore
+from asynclock._semaphore import SemaphorePermits
+
+async def main():
+    client = fakeredis.FakeAsyncRedis()
+    # A holder that crashed: its permit expires while another's keeps the keys, and
+    # the next acquire purges it.
+    permits = SemaphorePermits("asynclock:", "q", 2, 1)
+    assert (await permits.acquire(client, "crashed", 50)).acquired
+    assert (await permits.acquire(client, "alive", 30_000)).acquired
+    await asyncio.sleep(0.1)
+    async with Semaphore(client, "q", limit=2):
+        pass
+    async with Mutex(client, "x"):
+        pass
+
+asyncio.run(main())
+"""
+    environment = {**os.environ, "FAKEREDIS_LUA_VERSION": lua}
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

@@ -4,7 +4,7 @@
 --          the server's clock (each holder expires on its own)
 -- KEYS[2]: permits, a hash: holder token -> "<permits>:<fencing token>"
 -- KEYS[3]: the limit in force while anyone holds the semaphore
--- KEYS[4]: the fence counter of the name (never expires)
+-- KEYS[4]: the fence counter of the name (expires after a day without an acquire)
 -- ARGV[1]: token   ARGV[2]: ttl in ms   ARGV[3]: limit   ARGV[4]: permits
 --
 -- Returns {1, fence} when acquired (or already held by this token: a retried call);
@@ -29,7 +29,9 @@ local now = clock_ms()
 local expired = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
-  redis.call('HDEL', permits_key, unpack(expired))
+  -- `unpack` is Lua 5.1's (Redis, Valkey); 5.2 and later (fakeredis can run 5.4) have
+  -- only table.unpack.
+  redis.call('HDEL', permits_key, (table.unpack or unpack)(expired))
 end
 
 if was_released(holders, token) then
