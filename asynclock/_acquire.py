@@ -57,6 +57,18 @@ from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
 _NOTIFIED_RECHECK: Final = 0.25
 
 
+async def _until(moment: float) -> None:
+    """Sleep until ``moment`` on ``time.monotonic()``, the clock callers measure with.
+
+    The loop's timers run on its own clock, which on uvloop lags ``time.monotonic()``
+    by up to a millisecond and counts whole milliseconds: a wait that timer ended may
+    still be short of its timeout by a fraction of a millisecond.
+    """
+    left = moment - time.monotonic()
+    if left > 0:
+        await asyncio.sleep(left + 0.001)  # a whole millisecond more: never short again
+
+
 def _new_token() -> str:
     return os.urandom(16).hex()  # what secrets.token_hex(16) returns, with fewer calls
 
@@ -140,6 +152,7 @@ class Acquisition:
             assert task is not None  # called from a task
         self._task, self._cancels = task, task.cancelling()
         scope = None if wait_limit is None else asyncio.timeout(wait_limit)
+        started = time.monotonic()
         try:
             if scope is None:  # no deadline: no timer to set and cancel
                 lease = await self._tries()
@@ -156,6 +169,8 @@ class Acquisition:
             if self.may_hold:
                 clean = clean_up(self._resource, self._client, self.token, self._abandon_timeout())
                 spawn(clean, f"cleaning up lock {self._resource.description!r}")
+            assert wait_limit is not None  # the scope was set
+            await _until(started + wait_limit)
             return None
         except asyncio.CancelledError:
             if self.may_hold:

@@ -473,3 +473,35 @@ async def test_a_task_acquiring_again_and_again_keeps_one_holding(client: redis.
     assert task is not None
     assert len(lock_module._held[task]) == 1  # ended holdings are dropped as it goes
     await lock.release()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+async def test_a_timeout_is_never_shorter_than_asked(redis_url: str, loop_kind: str) -> None:
+    # uvloop's clock runs up to a millisecond behind time.monotonic(), and its timers
+    # have millisecond granularity: the wait must still last at least its timeout.
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+
+    async def waits() -> list[float]:
+        client = redis.Redis.from_url(redis_url)
+        holder = Mutex(client, "short", ttl=30)
+        assert await holder.acquire()
+        try:
+            shortfalls = []
+            for _ in range(30):
+                started = time.monotonic()
+                assert not await Mutex(client, "short").acquire(timeout=0.02)
+                shortfalls.append(0.02 - (time.monotonic() - started))
+            return shortfalls
+        finally:
+            await holder.release()
+            await client.aclose()
+
+    def run() -> list[float]:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(waits())
+
+    shortfalls = await asyncio.to_thread(run)
+    assert max(shortfalls) <= 0, max(shortfalls)
