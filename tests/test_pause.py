@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from asynclock import Mutex
+from asynclock import LockLost, Mutex
 
 from .fenced_storage import FencedStorage
 
@@ -58,3 +58,21 @@ async def test_a_frozen_holder_loses_the_lock_and_its_late_write_is_refused(
     assert lost.startswith(b"lost: the lease ran out")
     assert taken_after < ttl + 1.0  # the frozen holder's lease ran out on the server
     assert lost_after < 1.0  # the resumed holder learns at once: its deadline had passed
+
+
+async def test_after_a_blocked_loop_the_body_completes_at_most_one_more_await(
+    client: redis.Redis,
+) -> None:
+    # What README promises, exactly: the lease knows at once that it is lost; the
+    # body, resuming, may complete one more await (its wake-up was queued before the
+    # watchdog's timer), and the cancellation lands at the await after that.
+    for trial in range(5):
+        completed: list[int] = []
+        with pytest.raises(LockLost):
+            async with Mutex(client, f"blocked:{trial}", ttl=0.2) as lease:
+                time.sleep(0.3)  # noqa: ASYNC251 - the event loop is blocked past the TTL
+                assert not lease.owned  # known at once, from the lease's own deadline
+                for step in range(10):
+                    await asyncio.sleep(0)
+                    completed.append(step)
+        assert len(completed) <= 1, completed
