@@ -6,7 +6,7 @@ import time
 
 import redis.asyncio as redis
 
-from asynclock import _scripts
+from asynclock import Mutex, Semaphore, _scripts
 from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
 from asynclock._resource import Successor
 
@@ -237,3 +237,18 @@ async def test_a_successor_given_up_gets_nothing(client: redis.Redis) -> None:
     assert result.released
     assert result.fencing_tokens is None
     assert await client.exists(owner_key(P, "a")) == 0
+
+
+async def test_every_key_left_after_many_distinct_names_expires(client: redis.Redis) -> None:
+    # Names made from ids (report:{user_id}) must not leave a key each for ever.
+    for n in range(200):
+        async with Mutex(client, f"report:{n}", ttl=5):
+            pass
+        async with Semaphore(client, f"quota:{n}", limit=2, ttl=5):
+            pass
+    left = [key async for key in client.scan_iter(match="asynclock:*", count=1000)]
+    assert len(left) >= 400  # fences and tombstones of both primitives
+    lifetimes = [await client.pttl(key) for key in left]
+    assert all(lifetime > 0 for lifetime in lifetimes)  # none without an expiry
+    day = 86_400_000
+    assert max(lifetimes) <= day  # a day at most: the fence counters
