@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest tests benchmarks --benchmark-disable
+	ASYNCLOCK_TEST_LOOP=uvloop $(BIN)/pytest tests -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -6,6 +6,7 @@ suite flushes its database between tests, so never point it at data you keep.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -14,6 +15,15 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock._server import RedisServer
+
+if os.environ.get("ASYNCLOCK_TEST_LOOP") == "uvloop":  # make test runs the suite on both
+
+    @pytest.fixture(scope="session")
+    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+        """uvloop's event loop for every test, instead of asyncio's own."""
+        import uvloop
+
+        return uvloop.EventLoopPolicy()
 
 
 @pytest.fixture(scope="session")
