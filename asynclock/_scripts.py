@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -76,10 +77,15 @@ async def run_command(client: Any, *command: Any) -> Any:
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(client, "single_connection_client", True):
         return await client.execute_command(*command)
-    if _takes_command_name(type(pool)):
-        conn = await pool.get_connection(command[0])
-    else:
-        conn = await pool.get_connection()
+    try:
+        if _takes_command_name(type(pool)):
+            conn = await pool.get_connection(command[0])
+        else:
+            conn = await pool.get_connection()
+    except RuntimeError as exc:  # connecting wrote to a transport closed under it
+        if not _closed_transport(exc):
+            raise
+        raise _lost(exc) from exc
     try:
         return await conn.retry.call_with_retry(
             lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
@@ -90,16 +96,35 @@ async def run_command(client: Any, *command: Any) -> Any:
 
 async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
     encoder = conn.encoder
-    # hiredis writes text as UTF-8: other encodings are the client's to apply.
-    if (
-        _hiredis_pack is not None
-        and encoder.encoding == "utf-8"
-        and encoder.encoding_errors == "strict"
-    ):
-        await conn.send_packed_command(_hiredis_pack(command))
-    else:
-        await conn.send_command(*command)
+    try:
+        # hiredis writes text as UTF-8: other encodings are the client's to apply.
+        if (
+            _hiredis_pack is not None
+            and encoder.encoding == "utf-8"
+            and encoder.encoding_errors == "strict"
+        ):
+            await conn.send_packed_command(_hiredis_pack(command))
+        else:
+            await conn.send_command(*command)
+    except RuntimeError as exc:
+        if not _closed_transport(exc):
+            raise
+        raise _lost(exc) from exc
     return await conn.read_response()
+
+
+def _closed_transport(error: RuntimeError) -> bool:
+    """Whether ``error`` is uvloop's for a write to a transport closed under it.
+
+    asyncio's own loop raises an ``OSError`` there, which redis-py reports as a
+    ``ConnectionError``; uvloop raises ``RuntimeError``, which would escape as is.
+    """
+    return "handler is closed" in str(error)
+
+
+def _lost(error: RuntimeError) -> RedisConnectionError:
+    """The lost connection that ``error`` reports, retried and mapped as one."""
+    return RedisConnectionError(f"Error while writing to the server: {error}")
 
 
 _NAMED: dict[type[Any], bool] = {}
