@@ -9,7 +9,9 @@ locks of the same name:
   its TTL without touching the others;
 - ``...:permits``: a hash of holder token to ``"<permits>:<fence>"``;
 - ``...:limit``: the limit in force while anyone holds the semaphore;
-- ``...:fence``: the fence counter.
+- ``...:fence``: the fence counter (it expires after a day without an acquire);
+- ``...:holders:released``: the tombstone, the latest tokens released (see
+  ``remember_release`` in ``scripts/common.lua``).
 
 Expiry is computed from the server's clock inside the scripts, never from a client's.
 """

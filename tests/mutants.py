@@ -124,6 +124,22 @@ MUTANTS = (
         ("tests/test_scripts.py", "tests/test_mutex.py"),
     ),
     Mutant(
+        "tombstone-keeps-one-token",
+        "a release's tombstone keeps only its own token, forgetting the name's others",
+        "asynclock/scripts/common.lua",
+        "    tokens = token .. ' ' .. string.sub(recent, 1, RECENT_BYTES - #token - 1)\n",
+        "    tokens = token\n",
+        ("tests/test_scripts.py",),
+    ),
+    Mutant(
+        "tombstone-unbounded",
+        "a release's tombstone keeps every token ever released on the name",
+        "asynclock/scripts/common.lua",
+        "    tokens = token .. ' ' .. string.sub(recent, 1, RECENT_BYTES - #token - 1)\n",
+        "    tokens = token .. ' ' .. recent\n",
+        ("tests/test_scripts.py",),
+    ),
+    Mutant(
         "extend-any-token",
         "an extension does not check that the key still holds our token",
         "asynclock/scripts/extend.lua",

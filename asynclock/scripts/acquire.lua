@@ -20,10 +20,11 @@
 --         that was already released). A refused caller with an id takes (or renews)
 --         a place in the line of every name.
 --
--- Built here rather than passed in KEYS: the tombstone `<owner key>:released:<token>`
--- that a release of ARGV[1] left (read only). On Redis Cluster it is in the owner
--- key's slot: it is the owner key plus a suffix, and the owner key's hash tag `{...}`
--- (in each of the three forms of asynclock/_names.py base_key) comes before it.
+-- Built here rather than passed in KEYS: the name's tombstone `<owner key>:released`
+-- (read only: does it hold ARGV[1]? see remember_release in common.lua). On Redis
+-- Cluster it is in the owner key's slot: it is the owner key plus a suffix, and the
+-- owner key's hash tag `{...}` (in each of the three forms of asynclock/_names.py
+-- base_key) comes before it.
 --
 -- The line decides only whom a release wakes first (see release_names in common.lua),
 -- never who may take the lock: a waiter that crashed costs the others at most their
@@ -31,7 +32,7 @@
 --
 -- A free name, the common case, costs four commands, each needed:
 --   SET NX PX  takes the name, and tells a free name from a held one (no GET first);
---   EXISTS     the tombstone: an acquire overtaken by its own clean-up takes nothing;
+--   GET        the tombstone: an acquire overtaken by its own clean-up takes nothing;
 --   TIME       the server clock, the floor of the fencing token (see next_fence);
 --   SET GET    the fence counter: writes the new token and reads the last in one.
 -- A held name costs GET (is it ours?) and PTTL (how long the holder has), and a

@@ -11,9 +11,9 @@
 -- function                          used by (scripts; functions of this file)
 -- clock_us(), clock_ms()            all of them, directly or through those below
 -- next_fence(fence_key)             acquire, hand_over, semaphore_acquire
--- was_released(key, token)          acquire, hand_over, semaphore_acquire,
---                                   semaphore_release; release_names
--- remember_release(key, token, ms)  hand_over, semaphore_release; release_names
+-- recent_releases(key), among(...)  hand_over, semaphore_release; release_names
+-- was_released(key, token)          acquire, semaphore_acquire
+-- remember_release(key, token, ...) hand_over, semaphore_release; release_names
 -- lines()                           acquire, hand_over; first_of, release_names
 -- first_of(i)                       hand_over; release_names
 -- release_names(token, ms, ...)     release, hand_over
@@ -63,24 +63,64 @@ local function next_fence(fence_key)
   return now
 end
 
--- A release's tombstone is `<key>:released:<token>`: the only key a script builds
--- rather than takes in KEYS. It is `key` with a suffix, and `key` (an owner key or a
--- semaphore's holders key, from asynclock/_names.py base_key, whose prefix holds no
--- braces) has a complete, non-empty hash tag `{...}` before the suffix in each of
--- its three forms. Redis hashes the first such tag only, so on Redis Cluster the
--- tombstone lives in the same slot as `key`, whatever the token.
+-- A release's tombstone: `<key>:released`, one per name, holding the tokens most
+-- recently released there, newest first, separated by spaces (tokens hold none). It is
+-- the only key a script builds rather than takes in KEYS. It is `key` with a suffix,
+-- and `key` (an owner key or a semaphore's holders key, from asynclock/_names.py
+-- base_key, whose prefix holds no braces) has a complete, non-empty hash tag `{...}`
+-- before the suffix in each of its three forms. Redis hashes the first such tag only,
+-- so on Redis Cluster the tombstone lives in the same slot as `key`.
+--
+-- What it is for: the same release sent again (a client library resending a command
+-- whose reply it lost) still counts as released, and an acquire or a hand-over to a
+-- token that reaches the server after that token's clean-up (a release by token, sent
+-- when its outcome was unknown) takes nothing. Both concern commands still on their
+-- way, so a token needs remembering for a while only: `ms` after the name's latest
+-- release (30 s from the client: longer than a command delayed by six TCP
+-- retransmissions, 0.2 s doubling each time, takes to arrive).
+--
+-- Why one key per name, bounded: a key per release would leave, at 2,000 releases a
+-- second, 60,000 live keys. Here a name has one tombstone, gone `ms` after its last
+-- release, of at most 2 KiB: the RECENT_RELEASES latest tokens (32 hex digits and a
+-- space each, as the client makes them). A token matters while a command of its own
+-- may still be on its way: one per coroutine of any process that gave up waiting on
+-- the name at that moment. Should more than RECENT_RELEASES releases of the name
+-- follow before such a command arrives, its token is forgotten early, and the cost is
+-- bounded: a resent release reports the lease lost, or a late acquire holds the name
+-- (nobody extending it) until its TTL runs out.
+local RECENT_RELEASES = 64
+local RECENT_BYTES = RECENT_RELEASES * 33 - 1
 
--- Whether `token` released `key` within the last tombstone time.
-local function was_released(key, token)
-  return redis.call('EXISTS', key .. ':released:' .. token) == 1
+-- The tokens recently released on `key`, as stored (see above), or false.
+local function recent_releases(key)
+  return redis.call('GET', key .. ':released')
 end
 
--- Remember for `ms` milliseconds that `token` released `key`. Left even when there was
--- nothing to release: an acquire with this token that reaches the server later
--- (reordered behind its own clean-up) is then refused, and the same release sent
--- again (a client library resending a command whose reply it lost) still counts.
-local function remember_release(key, token, ms)
-  redis.call('SET', key .. ':released:' .. token, 1, 'PX', ms)
+-- Whether `token` is among `recent` (from recent_releases).
+local function among(recent, token)
+  return recent and string.find(' ' .. recent .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
+end
+
+-- Whether `token` released `key` recently.
+local function was_released(key, token)
+  return among(recent_releases(key), token)
+end
+
+-- Remember that `token` released `key`, for `ms` milliseconds after this release.
+-- Left even when there was nothing to release: an acquire with this token that
+-- reaches the server later (reordered behind its own clean-up) is then refused, and
+-- the same release sent again still counts. `recent`: what recent_releases(key) read
+-- in this script call, if it did (saves reading it again).
+local function remember_release(key, token, ms, recent)
+  if recent == nil then
+    recent = recent_releases(key)
+  end
+  local tokens = token
+  if recent then
+    -- Cut to the newest tokens. A token cut in half can never match a whole one.
+    tokens = token .. ' ' .. string.sub(recent, 1, RECENT_BYTES - #token - 1)
+  end
+  redis.call('SET', key .. ':released', tokens, 'PX', ms)
 end
 
 -- The lines of waiting processes: built at the first call, once per script call.
@@ -169,6 +209,7 @@ local function release_names(token, ms, waiter, place_ms)
   local released = 0
   for i = 1, #KEYS, 4 do
     local owner = KEYS[i]
+    local recent = nil
     if redis.call('GET', owner) == token then
       redis.call('DEL', owner)
       local first = first_of(i)
@@ -176,13 +217,16 @@ local function release_names(token, ms, waiter, place_ms)
         redis.call('PUBLISH', owner, first)
       end
       released = released + 1
-    elseif was_released(owner, token) then
-      released = released + 1
+    else
+      recent = recent_releases(owner)
+      if among(recent, token) then
+        released = released + 1
+      end
     end
     if waiter then
       lines().stand(KEYS[i + 2], KEYS[i + 3], waiter, place_ms, false)
     end
-    remember_release(owner, token, ms)
+    remember_release(owner, token, ms, recent)
   end
   return released
 end

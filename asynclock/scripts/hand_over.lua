@@ -13,11 +13,11 @@
 --          line (a short run of hand-overs inside one process, bounded by the client)
 -- ARGV[8]: how long a place in line lasts unless renewed, in milliseconds
 --
--- Built here rather than passed in KEYS: the tombstones `<owner key>:released:<token>`
--- of the caller's token (left on every name) and of the successor's (read). On Redis
--- Cluster they are in the owner key's slot: each is the owner key plus a suffix, and
--- the owner key's hash tag `{...}` (in each of the three forms of asynclock/_names.py
--- base_key) comes before that suffix.
+-- Built here rather than passed in KEYS: each name's tombstone `<owner key>:released`
+-- (see remember_release in common.lua), read for the successor's token and written
+-- with the caller's. On Redis Cluster it is in the owner key's slot: it is the owner
+-- key plus a suffix, and the owner key's hash tag `{...}` (in each of the three forms
+-- of asynclock/_names.py base_key) comes before that suffix.
 --
 -- Returns {released, fence_1, ..., fence_n} when the names went to the successor,
 -- {released} otherwise, with `released` as in release.lua.
@@ -39,10 +39,16 @@ local place_ms = tonumber(ARGV[8] or '0')
 -- May the names go straight to the successor?
 local hand_over = successor ~= ''
 local not_our_turn = false
+local recents = {}  -- each name's tombstone, as read here
 if hand_over then
   for i = 1, #KEYS, 4 do
     local owner = KEYS[i]
-    if redis.call('GET', owner) ~= token or was_released(owner, successor) then
+    if redis.call('GET', owner) ~= token then
+      hand_over = false
+      break
+    end
+    recents[i] = recent_releases(owner)
+    if among(recents[i], successor) then
       hand_over = false
       break
     end
@@ -66,7 +72,7 @@ if hand_over then
     if place ~= '' then
       lines().take_place(line, alive, waiter, place, place_ms)
     end
-    remember_release(owner, token, ARGV[2])
+    remember_release(owner, token, ARGV[2], recents[i])
   end
   return granted
 end

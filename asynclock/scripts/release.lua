@@ -4,20 +4,21 @@
 -- ARGV[1]: the caller's token
 -- ARGV[2]: how long, in milliseconds, to remember that the token released them
 --
--- Built here rather than passed in KEYS: the tombstone `<owner key>:released:<token>`
--- of each name. On Redis Cluster it is in the owner key's slot: it is the owner key
--- plus a suffix, and the owner key's hash tag `{...}` (in each of the three forms of
--- asynclock/_names.py base_key) comes before that suffix.
+-- Built here rather than passed in KEYS: the tombstone `<owner key>:released` of each
+-- name (see remember_release in common.lua). On Redis Cluster it is in the owner
+-- key's slot: it is the owner key plus a suffix, and the owner key's hash tag `{...}`
+-- (in each of the three forms of asynclock/_names.py base_key) comes before it.
 --
 -- Returns {released}: how many names held ARGV[1] and were released (now, or by an
 -- earlier call with the same token); fewer than the number of names means the lease
 -- was (at least partly) lost before the release: expired, or deleted.
 --
--- A held name costs four commands, each needed:
+-- A held name costs five commands, each needed:
 --   GET     the name must still hold the caller's token: another holder's stays;
 --   DEL     frees it;
 --   ZRANGE  the first process in line, the only one woken (nobody: no PUBLISH);
---   SET PX  the tombstone (see below).
+--   GET     the name's tombstone, the tokens recently released there, kept
+--   SET PX  with this one in front (one key per name, bounded: see below).
 --
 -- Each released name is published to the first process in its line (see
 -- release_names in common.lua). Each name gets a short-lived tombstone, so that the

@@ -15,10 +15,11 @@
 -- Expiry is read from the server clock (TIME), never from the callers', so clients
 -- with skewed clocks can neither steal permits nor keep them past their TTL.
 --
--- Built here rather than passed in KEYS: the tombstone `<holders key>:released:<token>`
--- that a release of ARGV[1] left (read only). On Redis Cluster it is in the holders
--- key's slot: it is the holders key plus a suffix, and the holders key's hash tag
--- `{...}` (in each of the three forms of asynclock/_names.py base_key) comes before it.
+-- Built here rather than passed in KEYS: the semaphore's tombstone
+-- `<holders key>:released` (read only: does it hold ARGV[1]? see remember_release in
+-- common.lua). On Redis Cluster it is in the holders key's slot: it is the holders
+-- key plus a suffix, and the holders key's hash tag `{...}` (in each of the three
+-- forms of asynclock/_names.py base_key) comes before it.
 local holders, permits_key, limit_key, fence_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 local limit, wanted = tonumber(ARGV[3]), tonumber(ARGV[4])
