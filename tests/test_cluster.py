@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -25,17 +27,22 @@ def cluster_port() -> Iterator[int]:
     with ExitStack() as stack:
         nodes, buses = [], []
         for _ in range(3):
-            # An explicit bus port: the default (port + 10000) overflows for high ports.
-            buses.append(free_port())
-            server = RedisServer(
-                args=("--cluster-enabled", "yes", "--cluster-port", str(buses[-1]))
-            )
+            server = RedisServer(args=("--cluster-enabled", "yes"))
+            if server.version >= (7, 0):
+                # An explicit bus port: the default (port + 10000) overflows for high
+                # ports.
+                buses.append(free_port())
+                server.args += ("--cluster-port", str(buses[-1]))
+            else:  # 6.2 has only the default: a port whose port + 10000 is free too
+                server.port = port_with_free_bus()
+                buses.append(server.port + 10000)
             nodes.append(stack.enter_context(server))
         clients = [stack.enter_context(redis.Redis(port=node.port)) for node in nodes]
         share = SLOTS // len(nodes)
         for n, client in enumerate(clients):
             last = SLOTS - 1 if n == len(nodes) - 1 else (n + 1) * share - 1
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", n * share, last)
+            # CLUSTER ADDSLOTSRANGE is 7.0's; ADDSLOTS with every slot works from 3.0.
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(n * share, last + 1))
         for node, bus in zip(nodes[1:], buses[1:], strict=True):
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
         deadline = time.monotonic() + 30
@@ -43,6 +50,20 @@ def cluster_port() -> Iterator[int]:
             assert time.monotonic() < deadline, "the cluster did not form"
             time.sleep(0.1)
         yield nodes[0].port
+
+
+def port_with_free_bus() -> int:
+    """A free port below 55536 on 127.0.0.1 whose cluster bus port (+10000) is free."""
+    for _ in range(100):
+        with socket.socket() as sock, socket.socket() as bus:
+            port = random.randrange(20000, 55536)
+            try:
+                sock.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports (port, port + 10000) on 127.0.0.1")
 
 
 async def test_mutex_on_redis_cluster(cluster_port: int) -> None:

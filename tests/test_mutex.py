@@ -23,7 +23,7 @@ from asynclock import (
 )
 from asynclock import _lock as lock_module
 
-from .conftest import owner_key
+from .conftest import loop_turns, owner_key
 
 
 async def test_async_with_holds_the_token_in_redis_and_releases(client: redis.Redis) -> None:
@@ -325,12 +325,14 @@ async def test_acquires_cancelled_at_random_moments_leave_nothing_held(
 ) -> None:
     import random
 
+    # Cancel after 0 to twice the turns of the loop an acquire takes.
+    turns = 2 * await loop_turns(lambda: Mutex(client, "x", ttl=30))
     rng = random.Random(1)
     acquired = cancelled = 0
     for _ in range(200):
         lock = Mutex(client, "x", ttl=30)
         task = asyncio.create_task(lock.acquire())
-        for _ in range(rng.randrange(8)):  # cancel after 0 to 7 turns of the loop
+        for _ in range(rng.randrange(turns)):
             await asyncio.sleep(0)
         task.cancel()
         try:

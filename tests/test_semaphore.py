@@ -13,6 +13,8 @@ import redis.asyncio as redis
 from asynclock import LimitMismatch, LockLost, LockNotOwned, Semaphore
 from asynclock._semaphore import SemaphorePermits
 
+from .conftest import loop_turns
+
 HOLDERS = "asynclock:semaphore:{q}:holders"
 
 
@@ -153,12 +155,14 @@ async def test_without_auto_extend_a_holder_is_lost_when_its_ttl_runs_out(
 
 
 async def test_cancelled_acquires_leave_no_holder(client: redis.Redis) -> None:
+    # Cancel after 0 to twice the turns of the loop an acquire takes.
+    turns = 2 * await loop_turns(lambda: Semaphore(client, "q", limit=2, ttl=30))
     rng = random.Random(2)
     cancelled = acquired = 0
     for _ in range(200):
         semaphore = Semaphore(client, "q", limit=2, ttl=30)
         task = asyncio.create_task(semaphore.acquire())
-        for _ in range(rng.randrange(10)):
+        for _ in range(rng.randrange(turns)):
             await asyncio.sleep(0)
         task.cancel()
         try:
