@@ -1,6 +1,6 @@
 """Exclusive locks over one or more names: the keys and scripts behind ``Mutex``.
 
-Each name has two keys that share its hash tag, and so one Redis Cluster slot (see
+Each name has keys that share its hash tag, and so one Redis Cluster slot (see
 :func:`base_key` for names that carry a tag of their own):
 
 - ``<prefix>lock:{<name>}``: the owner key, holding the holder's token, expiring
@@ -11,7 +11,10 @@ Each name has two keys that share its hash tag, and so one Redis Cluster slot (s
 - ``<prefix>line:{<name>}`` and ``<prefix>line-alive:{<name>}``: the processes
   waiting for the name, by arrival and by when their place lapses. A release wakes
   the first of them only; the line never decides who may take the lock (see
-  ``scripts/acquire.lua``), and it goes away when nobody waits.
+  ``scripts/acquire.lua``), and it goes away when nobody waits;
+- ``<prefix>released:{<name>}``: the tombstone, the tokens most recently released,
+  gone 30 s after the latest release (see ``remember_release`` in
+  ``scripts/common.lua``).
 
 A lock over several names is all-or-nothing in one script call (nothing is held
 partially, not even for a moment); a ``Mutex`` is the one-name case, so the two
@@ -83,6 +86,11 @@ def fence_key(prefix: str, name: str) -> str:
     return base_key(prefix, "fence", name)
 
 
+def tombstone_key(prefix: str, name: str) -> str:
+    """Return the key that remembers the tokens recently released on ``name``."""
+    return base_key(prefix, "released", name)
+
+
 def line_keys(prefix: str, name: str) -> tuple[str, str]:
     """Return the keys of the processes waiting for ``name``: by arrival, by lapse."""
     return base_key(prefix, "line", name), base_key(prefix, "line-alive", name)
@@ -102,12 +110,14 @@ class NamedLocks:
         owners = tuple(owner_key(self.prefix, name) for name in self.names)
         fences = tuple(fence_key(self.prefix, name) for name in self.names)
         lines = tuple(line_keys(self.prefix, name) for name in self.names)
+        tombstones = tuple(tombstone_key(self.prefix, name) for name in self.names)
         object.__setattr__(self, "owner_keys", owners)
-        # The keys of the acquire and release scripts: owner, fence, line, alive.
+        # The keys of the acquire and release scripts: owner, fence, line, alive,
+        # tombstone.
         keys = tuple(
             key
-            for owner, fence, line in zip(owners, fences, lines, strict=True)
-            for key in (owner, fence, *line)
+            for owner, fence, line, tombstone in zip(owners, fences, lines, tombstones, strict=True)
+            for key in (owner, fence, *line, tombstone)
         )
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "line_keys", tuple(key for line in lines for key in line))

@@ -10,7 +10,7 @@ locks of the same name:
 - ``...:permits``: a hash of holder token to ``"<permits>:<fence>"``;
 - ``...:limit``: the limit in force while anyone holds the semaphore;
 - ``...:fence``: the fence counter (it expires after a day without an acquire);
-- ``...:holders:released``: the tombstone, the latest tokens released (see
+- ``...:released``: the tombstone, the tokens most recently released (see
   ``remember_release`` in ``scripts/common.lua``).
 
 Expiry is computed from the server's clock inside the scripts, never from a client's.
@@ -58,11 +58,17 @@ class SemaphorePermits:
     name: str
     limit: int
     permits: int
-    keys: tuple[str, str, str, str] = field(init=False)
+    keys: tuple[str, str, str, str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         base = base_key(self.prefix, "semaphore", self.name)
-        keys = (f"{base}:holders", f"{base}:permits", f"{base}:limit", f"{base}:fence")
+        keys = (
+            f"{base}:holders",
+            f"{base}:permits",
+            f"{base}:limit",
+            f"{base}:fence",
+            f"{base}:released",
+        )
         object.__setattr__(self, "keys", keys)
 
     @property
@@ -114,8 +120,9 @@ class SemaphorePermits:
 
     async def release(self, client: Any, token: str) -> bool:
         """Give the permits back; report whether the holder was still live."""
-        args = (token, RELEASE_TOMBSTONE_MS)
-        return int(await _scripts.SEMAPHORE_RELEASE(client, self.keys[:2], args)) == 1
+        keys = (self.keys[0], self.keys[1], self.keys[4])  # holders, permits, tombstone
+        reply = await _scripts.SEMAPHORE_RELEASE(client, keys, (token, RELEASE_TOMBSTONE_MS))
+        return int(reply) == 1
 
     async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
         """Release: the permits go back to everyone waiting, not to one successor."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,13 +74,49 @@ def owner_key(name: str) -> str:
     return f"asynclock:lock:{{{name}}}"
 
 
-async def loop_turns(make_lock: Callable[[], Any]) -> int:
+async def cancel_at_random_turns(
+    make_lock: Callable[[], Any], seed: int, after_cancel: Callable[[], Awaitable[None]]
+) -> tuple[int, int]:
+    """Cancel ``make_lock().acquire()`` after a random number of turns of the loop.
+
+    At least 200 tries, and more (up to 1,000) until each outcome happened 20 times:
+    cancelled (``after_cancel()`` then checks what was left) and acquired (released
+    at once). The number of turns is drawn from 0 to twice what an uncontended acquire
+    takes, so cancellations land before, during and after its commands whatever the
+    client library's version; and since a turn lasts longer on a loaded machine, the
+    range follows the outcomes as they come. Returns ``(cancelled, acquired)``.
+    """
+    rng = random.Random(seed)
+    turns = 2 * await _loop_turns(make_lock)
+    cancelled = acquired = 0
+    for tries in range(1, 1001):
+        lock = make_lock()
+        task = asyncio.create_task(lock.acquire())
+        for _ in range(rng.randrange(turns)):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            assert await task
+        except asyncio.CancelledError:
+            cancelled += 1
+            await after_cancel()
+        else:
+            acquired += 1
+            await lock.release()
+        if tries >= 200 and min(cancelled, acquired) >= 20:
+            break
+        if tries % 20 == 0:  # keep both outcomes coming
+            if 3 * acquired < cancelled:
+                turns = turns * 3 // 2 + 1
+            elif 3 * cancelled < acquired:
+                turns = max(2, turns * 2 // 3)
+    return cancelled, acquired
+
+
+async def _loop_turns(make_lock: Callable[[], Any]) -> int:
     """How many turns of the event loop an uncontended ``make_lock().acquire()`` takes.
 
-    Tests that cancel an acquire at a random turn draw from this, so that
-    cancellations land before, during and after its commands whatever the client
-    library's version (each awaits a different number of times per command). The
-    median of five acquires, after one that loads the scripts and connects.
+    The median of five acquires, after one that loads the scripts and connects.
     """
     counts = []
     for _ in range(6):

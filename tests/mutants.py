@@ -86,7 +86,7 @@ MUTANTS = (
         "no-tombstone",
         "a release leaves no tombstone for its token",
         "asynclock/scripts/common.lua",
-        "  redis.call('SET', tombstone(key, token), 1, 'PX', ms)",
+        "  redis.call('SET', tombstone, tokens, 'PX', ms)",
         "  -- (no tombstone)",
         ("tests/test_safety_net.py", "tests/test_mutex.py"),
     ),

@@ -23,7 +23,7 @@ from asynclock import (
 )
 from asynclock import _lock as lock_module
 
-from .conftest import loop_turns, owner_key
+from .conftest import cancel_at_random_turns, owner_key
 
 
 async def test_async_with_holds_the_token_in_redis_and_releases(client: redis.Redis) -> None:
@@ -323,28 +323,13 @@ async def test_a_cancelled_release_still_runs_to_completion(
 async def test_acquires_cancelled_at_random_moments_leave_nothing_held(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    import random
+    async def nothing_left() -> None:
+        # Whatever the command did in Redis, nothing is left behind.
+        assert await client.exists(owner_key("x")) == 0
 
-    # Cancel after 0 to twice the turns of the loop an acquire takes.
-    turns = 2 * await loop_turns(lambda: Mutex(client, "x", ttl=30))
-    rng = random.Random(1)
-    acquired = cancelled = 0
-    for _ in range(200):
-        lock = Mutex(client, "x", ttl=30)
-        task = asyncio.create_task(lock.acquire())
-        for _ in range(rng.randrange(turns)):
-            await asyncio.sleep(0)
-        task.cancel()
-        try:
-            ok = await task
-        except asyncio.CancelledError:
-            cancelled += 1
-            # Whatever the command did in Redis, nothing is left behind.
-            assert await client.exists(owner_key("x")) == 0
-            continue
-        assert ok
-        acquired += 1
-        await lock.release()
+    cancelled, acquired = await cancel_at_random_turns(
+        lambda: Mutex(client, "x", ttl=30), 1, nothing_left
+    )
     # Both outcomes happened: cancellations landed before, during and after commands.
     assert cancelled >= 20
     assert acquired >= 20

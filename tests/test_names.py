@@ -7,7 +7,8 @@ import itertools
 import pytest
 from redis.crc import key_slot
 
-from asynclock._names import base_key, fence_key, has_hash_tag, owner_key
+from asynclock._names import NamedLocks, base_key, fence_key, has_hash_tag, owner_key
+from asynclock._semaphore import SemaphorePermits
 
 TRICKY = ["x", "{x}", "{x}:fence", "}x", "x}", "a}b", "{}", "{", "}", "lock:{x}", "{a}{b}", "é"]
 KINDS = ["lock", "fence", "semaphore"]
@@ -39,3 +40,15 @@ def test_names_sharing_a_tag_share_a_slot_and_plain_names_are_readable() -> None
     assert fence_key("asynclock:", "jobs:report") == "asynclock:fence:{jobs:report}"
     pairs = itertools.combinations(["x", "{x}", "}x"], 2)
     assert all(owner_key("p:", a) != owner_key("p:", b) for a, b in pairs)
+
+
+def test_no_two_locks_or_semaphores_share_any_key() -> None:
+    # Every key a script touches, tombstones and lines included, for names that end
+    # like another name's keys do (`{t}job` and `{t}job:released`).
+    names = [*TRICKY, "{t}job", "{t}job:released", "{t}job:holders", "{t}job:holders:released"]
+    users: dict[str, tuple[str, str]] = {}
+    for name in names:
+        for key in NamedLocks("asynclock:", (name,)).keys:
+            assert users.setdefault(key, ("lock", name)) == ("lock", name)
+        for key in SemaphorePermits("asynclock:", name, 2, 1).keys:
+            assert users.setdefault(key, ("semaphore", name)) == ("semaphore", name)

@@ -7,7 +7,7 @@ import time
 import redis.asyncio as redis
 
 from asynclock import Mutex, Semaphore, _scripts
-from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key
+from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key, tombstone_key
 from asynclock._resource import Successor
 
 P = "asynclock:"
@@ -83,7 +83,7 @@ async def test_a_resent_release_still_counts_as_released(client: redis.Redis) ->
     assert await _scripts.RELEASE(client, RELEASE_KEYS, ("tok", 1000)) == [1]  # the same, resent
     assert await _scripts.RELEASE(client, RELEASE_KEYS, ("other", 1000)) == [0]
     assert await client.exists(owner_key(P, "a")) == 0
-    assert 0 < await client.pttl(f"{owner_key(P, 'a')}:released") <= 1000
+    assert 0 < await client.pttl(tombstone_key(P, "a")) <= 1000
 
 
 async def test_acquire_over_several_names_is_all_or_nothing(client: redis.Redis) -> None:
@@ -268,17 +268,17 @@ async def test_a_busy_name_keeps_one_bounded_tombstone(client: redis.Redis) -> N
     left = sorted([key.decode() async for key in client.scan_iter(match="asynclock:*")])
     assert left == [
         fence_key(P, "busy"),
-        f"{owner_key(P, 'busy')}:released",
+        tombstone_key(P, "busy"),
         "asynclock:semaphore:{busy-sem}:fence",
-        "asynclock:semaphore:{busy-sem}:holders:released",
         "asynclock:semaphore:{busy-sem}:limit",  # until the last holder's TTL
+        "asynclock:semaphore:{busy-sem}:released",
     ]
     for key in left:
         if key.endswith(":released"):
             tokens = (await client.get(key)).split(b" ")
             assert len(tokens) == 64
             assert 0 < await client.pttl(key) <= 30_000
-    tokens = (await client.get(f"{owner_key(P, 'busy')}:released")).split(b" ")
+    tokens = (await client.get(tombstone_key(P, "busy"))).split(b" ")
     assert tokens == [f"{n:032x}".encode() for n in range(299, 235, -1)]  # newest first
 
 
@@ -296,3 +296,14 @@ async def test_a_tombstone_refuses_a_late_acquire_until_64_releases_follow(
     # 64 newer releases: the token dropped out, and a late acquire takes the name (it
     # then lapses within its TTL, nobody extending it).
     assert (await lock.acquire(client, late, 5000)).acquired
+
+
+async def test_a_tombstone_is_no_other_names_key(client: redis.Redis) -> None:
+    # `{t}job:released` is a name like any other: releases of `{t}job` leave it alone.
+    job, other = NamedLocks(P, ("{t}job",)), NamedLocks(P, ("{t}job:released",))
+    assert (await other.acquire(client, "theirs", 5000)).acquired
+    assert (await job.acquire(client, "mine", 5000)).acquired
+    assert await job.release(client, "mine")
+    assert await client.get(owner_key(P, "{t}job:released")) == b"theirs"
+    assert await other.release(client, "theirs")
+    assert await job.release(client, "mine")  # resent: the tombstone still counts it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import redis.asyncio as redis
 from asynclock import LimitMismatch, LockLost, LockNotOwned, Semaphore
 from asynclock._semaphore import SemaphorePermits
 
-from .conftest import loop_turns
+from .conftest import cancel_at_random_turns
 
 HOLDERS = "asynclock:semaphore:{q}:holders"
 
@@ -155,24 +154,12 @@ async def test_without_auto_extend_a_holder_is_lost_when_its_ttl_runs_out(
 
 
 async def test_cancelled_acquires_leave_no_holder(client: redis.Redis) -> None:
-    # Cancel after 0 to twice the turns of the loop an acquire takes.
-    turns = 2 * await loop_turns(lambda: Semaphore(client, "q", limit=2, ttl=30))
-    rng = random.Random(2)
-    cancelled = acquired = 0
-    for _ in range(200):
-        semaphore = Semaphore(client, "q", limit=2, ttl=30)
-        task = asyncio.create_task(semaphore.acquire())
-        for _ in range(rng.randrange(turns)):
-            await asyncio.sleep(0)
-        task.cancel()
-        try:
-            assert await task
-        except asyncio.CancelledError:
-            cancelled += 1
-            assert await client.zcard(HOLDERS) == 0
-            continue
-        acquired += 1
-        await semaphore.release()
+    async def no_holder() -> None:
+        assert await client.zcard(HOLDERS) == 0
+
+    cancelled, acquired = await cancel_at_random_turns(
+        lambda: Semaphore(client, "q", limit=2, ttl=30), 2, no_holder
+    )
     assert cancelled >= 20
     assert acquired >= 20
 

@@ -1,11 +1,12 @@
 -- Acquire every name of a lock at once, or none of them.
 --
--- KEYS: four keys per name, for name i (from 0) at KEYS[4i+1 .. 4i+4]:
+-- KEYS: five keys per name, for name i (from 0) at KEYS[5i+1 .. 5i+5]:
 --       owner key (a string holding the holder's token, with a PX expiry),
 --       fence key (a counter; it expires after a day without an acquire),
 --       line key (waiting processes by arrival: a sorted set scored by the server
 --       clock in microseconds), alive key (the same processes by the time, in
---       milliseconds, at which their place lapses unless renewed)
+--       milliseconds, at which their place lapses unless renewed), tombstone key
+--       (the tokens recently released: see remember_release in common.lua)
 -- ARGV[1]: the caller's token (random, unguessable)
 -- ARGV[2]: the lease time to live, in milliseconds
 -- ARGV[3]: the waiting process's id, or '' (not waiting in line)
@@ -19,12 +20,6 @@
 --         milliseconds until that holder's lease runs out (-1: unknown, or a token
 --         that was already released). A refused caller with an id takes (or renews)
 --         a place in the line of every name.
---
--- Built here rather than passed in KEYS: the name's tombstone `<owner key>:released`
--- (read only: does it hold ARGV[1]? see remember_release in common.lua). On Redis
--- Cluster it is in the owner key's slot: it is the owner key plus a suffix, and the
--- owner key's hash tag `{...}` (in each of the three forms of asynclock/_names.py
--- base_key) comes before it.
 --
 -- The line decides only whom a release wakes first (see release_names in common.lua),
 -- never who may take the lock: a waiter that crashed costs the others at most their
@@ -53,11 +48,11 @@ local place_ms = tonumber(ARGV[5] or '0')
 local ours = nil  -- names that already held the token (a retried acquire), by index
 local refusal = nil
 local last = 0  -- the last name taken or found ours
-for i = 1, #KEYS, 4 do
+for i = 1, #KEYS, PER_NAME do
   local owner_key = KEYS[i]
   if redis.call('SET', owner_key, token, 'NX', 'PX', ttl) then
     last = i
-    if was_released(owner_key, token) then
+    if was_released(KEYS[i + 4], token) then
       -- This token was already given back (its release ran before this acquire, as
       -- when a cancelled acquire's clean-up overtakes it): it must not take anything.
       refusal = {0, -1}
@@ -71,7 +66,7 @@ for i = 1, #KEYS, 4 do
     refusal = {0, redis.call('PTTL', owner_key)}
     if waiter ~= '' then
       -- Keep (or take) the process's place in every name's line.
-      for j = 1, #KEYS, 4 do
+      for j = 1, #KEYS, PER_NAME do
         lines().stand(KEYS[j + 2], KEYS[j + 3], waiter, place_ms, true)
       end
     end
@@ -80,7 +75,7 @@ for i = 1, #KEYS, 4 do
 end
 
 if refusal then
-  for i = 1, last, 4 do
+  for i = 1, last, PER_NAME do
     if not (ours and ours[i]) then
       redis.call('DEL', KEYS[i])
     end
@@ -89,7 +84,7 @@ if refusal then
 end
 
 local granted = {1}
-for i = 1, #KEYS, 4 do
+for i = 1, #KEYS, PER_NAME do
   local fence_key = KEYS[i + 1]
   if ours and ours[i] then
     redis.call('PEXPIRE', KEYS[i], ttl)

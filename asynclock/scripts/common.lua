@@ -18,13 +18,15 @@
 -- first_of(i)                       hand_over; release_names
 -- release_names(token, ms, ...)     release, hand_over
 --
--- The lock scripts (acquire, release, hand_over) take four keys per name, for name i
--- (from 0) at KEYS[4i+1 .. 4i+4]: owner, fence, line, alive (see acquire.lua);
--- first_of and release_names read that layout from KEYS.
+-- The lock scripts (acquire, release, hand_over) take PER_NAME keys per name, for
+-- name i (from 0) at KEYS[5i+1 .. 5i+5]: owner, fence, line, alive, tombstone (see
+-- acquire.lua); first_of and release_names read that layout from KEYS.
 --
 -- Numbers are passed to redis.call as they are: the server writes a Lua number as
 -- '%.17g', which spells every whole number below 2^53 (a clock in microseconds is
 -- about 2^51) with all its digits; string.format would cost as much as a command.
+
+local PER_NAME = 5
 
 -- The server clock in microseconds, read once per script call.
 local now_us = nil
@@ -63,13 +65,10 @@ local function next_fence(fence_key)
   return now
 end
 
--- A release's tombstone: `<key>:released`, one per name, holding the tokens most
--- recently released there, newest first, separated by spaces (tokens hold none). It is
--- the only key a script builds rather than takes in KEYS. It is `key` with a suffix,
--- and `key` (an owner key or a semaphore's holders key, from asynclock/_names.py
--- base_key, whose prefix holds no braces) has a complete, non-empty hash tag `{...}`
--- before the suffix in each of its three forms. Redis hashes the first such tag only,
--- so on Redis Cluster the tombstone lives in the same slot as `key`.
+-- A release's tombstone, one key per name (a lock's `<prefix>released:{<name>}`, a
+-- semaphore's `<prefix>semaphore:{<name>}:released`, from asynclock/_names.py and
+-- asynclock/_semaphore.py), holds the tokens most recently released there, newest
+-- first, separated by spaces (tokens hold none).
 --
 -- What it is for: the same release sent again (a client library resending a command
 -- whose reply it lost) still counts as released, and an acquire or a hand-over to a
@@ -91,9 +90,9 @@ end
 local RECENT_RELEASES = 64
 local RECENT_BYTES = RECENT_RELEASES * 33 - 1
 
--- The tokens recently released on `key`, as stored (see above), or false.
-local function recent_releases(key)
-  return redis.call('GET', key .. ':released')
+-- The tokens recently released, as stored in `tombstone` (see above), or false.
+local function recent_releases(tombstone)
+  return redis.call('GET', tombstone)
 end
 
 -- Whether `token` is among `recent` (from recent_releases).
@@ -101,26 +100,26 @@ local function among(recent, token)
   return recent and string.find(' ' .. recent .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
 end
 
--- Whether `token` released `key` recently.
-local function was_released(key, token)
-  return among(recent_releases(key), token)
+-- Whether `token` was released recently, by the name whose tombstone is `tombstone`.
+local function was_released(tombstone, token)
+  return among(recent_releases(tombstone), token)
 end
 
--- Remember that `token` released `key`, for `ms` milliseconds after this release.
--- Left even when there was nothing to release: an acquire with this token that
--- reaches the server later (reordered behind its own clean-up) is then refused, and
--- the same release sent again still counts. `recent`: what recent_releases(key) read
--- in this script call, if it did (saves reading it again).
-local function remember_release(key, token, ms, recent)
+-- Remember in the name's `tombstone` that `token` released it, for `ms` milliseconds
+-- after this release. Left even when there was nothing to release: an acquire with
+-- this token that reaches the server later (reordered behind its own clean-up) is
+-- then refused, and the same release sent again still counts. `recent`: what
+-- recent_releases(tombstone) read in this script call, if it did (saves a read).
+local function remember_release(tombstone, token, ms, recent)
   if recent == nil then
-    recent = recent_releases(key)
+    recent = recent_releases(tombstone)
   end
   local tokens = token
   if recent then
     -- Cut to the newest tokens. A token cut in half can never match a whole one.
     tokens = token .. ' ' .. string.sub(recent, 1, RECENT_BYTES - #token - 1)
   end
-  redis.call('SET', key .. ':released', tokens, 'PX', ms)
+  redis.call('SET', tombstone, tokens, 'PX', ms)
 end
 
 -- The lines of waiting processes: built at the first call, once per script call.
@@ -207,7 +206,7 @@ end
 -- with the same token.
 local function release_names(token, ms, waiter, place_ms)
   local released = 0
-  for i = 1, #KEYS, 4 do
+  for i = 1, #KEYS, PER_NAME do
     local owner = KEYS[i]
     local recent = nil
     if redis.call('GET', owner) == token then
@@ -218,7 +217,7 @@ local function release_names(token, ms, waiter, place_ms)
       end
       released = released + 1
     else
-      recent = recent_releases(owner)
+      recent = recent_releases(KEYS[i + 4])
       if among(recent, token) then
         released = released + 1
       end
@@ -226,7 +225,7 @@ local function release_names(token, ms, waiter, place_ms)
     if waiter then
       lines().stand(KEYS[i + 2], KEYS[i + 3], waiter, place_ms, false)
     end
-    remember_release(owner, token, ms, recent)
+    remember_release(KEYS[i + 4], token, ms, recent)
   end
   return released
 end

@@ -1,7 +1,7 @@
 -- Hand the caller's names straight to its successor in the same process, or, when
 -- that may not be, release them as release.lua does.
 --
--- KEYS: four keys per name, as in acquire.lua: owner, fence, line, alive
+-- KEYS: five keys per name, as in acquire.lua: owner, fence, line, alive, tombstone
 -- ARGV[1]: the caller's token
 -- ARGV[2]: how long, in milliseconds, to remember that the token released them
 -- ARGV[3]: the token of the next waiter of the caller's process, or '' (none)
@@ -13,11 +13,8 @@
 --          line (a short run of hand-overs inside one process, bounded by the client)
 -- ARGV[8]: how long a place in line lasts unless renewed, in milliseconds
 --
--- Built here rather than passed in KEYS: each name's tombstone `<owner key>:released`
--- (see remember_release in common.lua), read for the successor's token and written
--- with the caller's. On Redis Cluster it is in the owner key's slot: it is the owner
--- key plus a suffix, and the owner key's hash tag `{...}` (in each of the three forms
--- of asynclock/_names.py base_key) comes before that suffix.
+-- Each name's tombstone (see remember_release in common.lua) is read for the
+-- successor's token and written with the caller's.
 --
 -- Returns {released, fence_1, ..., fence_n} when the names went to the successor,
 -- {released} otherwise, with `released` as in release.lua.
@@ -41,13 +38,13 @@ local hand_over = successor ~= ''
 local not_our_turn = false
 local recents = {}  -- each name's tombstone, as read here
 if hand_over then
-  for i = 1, #KEYS, 4 do
+  for i = 1, #KEYS, PER_NAME do
     local owner = KEYS[i]
     if redis.call('GET', owner) ~= token then
       hand_over = false
       break
     end
-    recents[i] = recent_releases(owner)
+    recents[i] = recent_releases(KEYS[i + 4])
     if among(recents[i], successor) then
       hand_over = false
       break
@@ -64,15 +61,15 @@ if hand_over then
 end
 
 if hand_over then
-  local granted = {#KEYS / 4}
-  for i = 1, #KEYS, 4 do
+  local granted = {#KEYS / PER_NAME}
+  for i = 1, #KEYS, PER_NAME do
     local owner, fence_key, line, alive = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
     redis.call('SET', owner, successor, 'PX', ARGV[4])
     granted[#granted + 1] = next_fence(fence_key)
     if place ~= '' then
       lines().take_place(line, alive, waiter, place, place_ms)
     end
-    remember_release(owner, token, ARGV[2], recents[i])
+    remember_release(KEYS[i + 4], token, ARGV[2], recents[i])
   end
   return granted
 end

@@ -1,13 +1,8 @@
 -- Delete the owner keys that still hold the caller's token; leave any other alone.
 --
--- KEYS: four keys per name, as in acquire.lua: owner, fence, line, alive
+-- KEYS: five keys per name, as in acquire.lua: owner, fence, line, alive, tombstone
 -- ARGV[1]: the caller's token
 -- ARGV[2]: how long, in milliseconds, to remember that the token released them
---
--- Built here rather than passed in KEYS: the tombstone `<owner key>:released` of each
--- name (see remember_release in common.lua). On Redis Cluster it is in the owner
--- key's slot: it is the owner key plus a suffix, and the owner key's hash tag `{...}`
--- (in each of the three forms of asynclock/_names.py base_key) comes before it.
 --
 -- Returns {released}: how many names held ARGV[1] and were released (now, or by an
 -- earlier call with the same token); fewer than the number of names means the lease

@@ -5,6 +5,8 @@
 -- KEYS[2]: permits, a hash: holder token -> "<permits>:<fencing token>"
 -- KEYS[3]: the limit in force while anyone holds the semaphore
 -- KEYS[4]: the fence counter of the name (expires after a day without an acquire)
+-- KEYS[5]: the tombstone, the tokens recently released (read only: see
+--          remember_release in common.lua)
 -- ARGV[1]: token   ARGV[2]: ttl in ms   ARGV[3]: limit   ARGV[4]: permits
 --
 -- Returns {1, fence} when acquired (or already held by this token: a retried call);
@@ -14,13 +16,9 @@
 --
 -- Expiry is read from the server clock (TIME), never from the callers', so clients
 -- with skewed clocks can neither steal permits nor keep them past their TTL.
---
--- Built here rather than passed in KEYS: the semaphore's tombstone
--- `<holders key>:released` (read only: does it hold ARGV[1]? see remember_release in
--- common.lua). On Redis Cluster it is in the holders key's slot: it is the holders
--- key plus a suffix, and the holders key's hash tag `{...}` (in each of the three
--- forms of asynclock/_names.py base_key) comes before it.
+
 local holders, permits_key, limit_key, fence_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local tombstone = KEYS[5]
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 local limit, wanted = tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -35,7 +33,7 @@ if #expired > 0 then
   redis.call('HDEL', permits_key, (table.unpack or unpack)(expired))
 end
 
-if was_released(holders, token) then
+if was_released(tombstone, token) then
   return {0, -1}  -- this token was already given back: it must not take anything
 end
 
