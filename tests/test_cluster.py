@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import time
@@ -15,6 +16,8 @@ from redis.asyncio.cluster import RedisCluster
 from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._names import fence_key, owner_key
 from asynclock._server import RedisServer, free_port
+
+from .test_cli import cli
 
 pytestmark = pytest.mark.slow
 
@@ -96,5 +99,29 @@ async def test_multilock_and_semaphore_on_redis_cluster(cluster_port: int) -> No
             assert not await Mutex(client, names[0]).acquire(blocking=False)
         async with Semaphore(client, "api:quota", limit=2):
             assert await Semaphore(client, "api:quota", limit=2).holders() == 1
+    finally:
+        await client.aclose()
+
+
+async def test_the_command_line_inspects_every_primary(cluster_port: int) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster_port)
+    names = [f"jobs:{n}" for n in range(12)]
+    try:
+        locks = [Mutex(client, name, ttl=30) for name in names]
+        for lock in locks:
+            assert await lock.acquire()
+        nodes = {client.get_node_from_key(owner_key("asynclock:", name)).port for name in names}
+        assert len(nodes) == 3
+        status, out, _ = await cli(f"redis://127.0.0.1:{cluster_port}/0", "inspect", "--json")
+        assert status == 0
+        assert sorted(state["name"] for state in json.loads(out)) == sorted(names)
+        status, out, _ = await cli(
+            f"redis://127.0.0.1:{cluster_port}/0", "release", "jobs:3", "--force", "--yes"
+        )
+        assert status == 0
+        assert not await client.exists(owner_key("asynclock:", "jobs:3"))
+        for lock in locks:
+            if lock.name != "jobs:3":
+                await lock.release()
     finally:
         await client.aclose()

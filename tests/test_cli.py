@@ -1,0 +1,250 @@
+"""The command line, end to end: ``python -m asynclock`` in a subprocess, on a real server.
+
+The outputs README.md shows are checked here against what the commands print (every
+number and token may differ; the layout and the words may not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from asynclock import LockLost, Mutex, Semaphore
+from asynclock._server import free_port
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+async def cli(url: str, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    """Run ``python -m asynclock ARGS`` with ``ASYNCLOCK_URL=url``; return status and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asynclock", *args,
+        env=dict(os.environ, ASYNCLOCK_URL=url),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def readme_sample(command: str) -> list[str]:
+    """The output README.md shows under ``$ <command>``."""
+    block = re.search(rf"\$ {re.escape(command)}\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block, f"README.md shows no output of `{command}`"
+    return block.group(1).rstrip("\n").split("\n")
+
+
+def shape(line: str) -> str:
+    """A regex for lines like ``line``: other tokens, numbers and column widths."""
+    pattern = re.escape(line.rstrip())
+    pattern = re.sub(r"\d\d:\d\d:\d\d\\\.\d\d\d", r"\\d\\d:\\d\\d:\\d\\d\\.\\d\\d\\d", pattern)
+    pattern = re.sub(r"\b[0-9a-f]{8}\b", "[0-9a-f]{8}", pattern)
+    pattern = re.sub(r"(?<![\w{])\d+\\\.\d\b", r"\\d+\\.\\d", pattern)
+    pattern = re.sub(r"\b\d{10,}\b", r"\\d{10,}", pattern)
+    pattern = re.sub(r"(\\ )+", " +", pattern)
+    return pattern
+
+
+def assert_like_readme(command: str, output: str) -> None:
+    """``output`` has README's sample of ``command``, line for line, in its shape."""
+    sample = readme_sample(command)
+    lines = output.rstrip("\n").split("\n")
+    assert len(lines) == len(sample), (sample, lines)
+    for expected, line in zip(sample, lines, strict=True):
+        assert re.fullmatch(shape(expected), line.rstrip()), (expected, line)
+
+
+async def test_inspect_lists_holders_waiters_and_semaphores(
+    client: redis.Redis, redis_url: str
+) -> None:
+    report = Mutex(client, "jobs:report", ttl=30)
+    assert await report.acquire()
+    quota = [Semaphore(client, "api:quota", limit=3, ttl=10) for _ in range(2)]
+    for semaphore in quota:
+        assert await semaphore.acquire()
+    waiter = asyncio.create_task(Mutex(client, "jobs:report").acquire(timeout=10))
+    for _ in range(500):  # until the waiter stands in line (5 s at most)
+        if await client.exists("asynclock:line-alive:{jobs:report}"):
+            break
+        await asyncio.sleep(0.01)
+    try:
+        status, out, err = await cli(redis_url, "inspect")
+        assert (status, err) == (0, "")
+        assert_like_readme("python -m asynclock inspect", out)
+        status, out, _ = await cli(redis_url, "inspect", "--json", "jobs:*")
+        assert status == 0
+        [state] = json.loads(out)
+        assert state["name"] == "jobs:report"
+        assert state["primitive"] == "mutex"
+        assert state["waiting"] == 1
+        [holder] = state["holders"]
+        assert report.lease is not None
+        assert holder["token"] == report.lease.token
+        assert holder["fencing_token"] == report.fencing_token
+        assert 25 < holder["ttl"] <= 30
+        assert 0 <= holder["held_for"] < 10
+        status, out, _ = await cli(redis_url, "inspect", "--json", "api:*")
+        [state] = json.loads(out)
+        assert (state["primitive"], state["limit"], len(state["holders"])) == ("semaphore", 3, 2)
+        assert {h["token"] for h in state["holders"]} == {s.lease.token for s in quota if s.lease}
+        status, out, _ = await cli(redis_url, "inspect", "nothing:*")
+        assert status == 0
+        assert "no lock held" in out
+    finally:
+        waiter.cancel()
+        await report.release()
+        for semaphore in quota:
+            await semaphore.release()
+
+
+async def test_release_needs_force_and_then_frees_the_lock_and_wakes_the_waiter(
+    client: redis.Redis, make_client: object, redis_url: str
+) -> None:
+    status, _, err = await cli(redis_url, "release", "jobs:nightly")
+    assert status == 2
+    assert "without --force" in err
+    other = redis.Redis.from_url(redis_url)
+    waiter = asyncio.create_task(Mutex(other, "jobs:nightly", ttl=5).acquire(timeout=20))
+    started = time.monotonic()
+    try:
+        with pytest.raises(LockLost):
+            async with Mutex(client, "jobs:nightly", ttl=0.9):
+                # Not confirmed: nothing happens.
+                status, out, _ = await cli(
+                    redis_url, "release", "jobs:nightly", "--force", stdin="n\n"
+                )
+                assert (status, out.strip()) == (1, "not released")
+                status, out, err = await cli(
+                    redis_url, "release", "jobs:nightly", "--force", stdin="y\n"
+                )
+                assert status == 0
+                assert err.startswith("release mutex 'jobs:nightly' held by")  # the question
+                assert_like_readme(  # as the terminal shows it, the answer typed in
+                    "python -m asynclock release jobs:nightly --force", err + "y\n" + out
+                )
+                await asyncio.sleep(10)  # cancelled by the loss, at the next extension
+        # Lost within a third of the TTL of the release, plus the commands' time.
+        assert time.monotonic() - started < 5
+        assert await asyncio.wait_for(waiter, 5)  # woken by the release
+    finally:
+        waiter.cancel()
+        await other.aclose()
+    status, out, _ = await cli(redis_url, "release", "jobs:free", "--force", "--yes")
+    assert (status, out.strip()) == (1, "'jobs:free' is not held: nothing to release")
+
+
+async def test_release_frees_every_holder_of_a_semaphore(
+    client: redis.Redis, redis_url: str
+) -> None:
+    holders = [Semaphore(client, "pool", limit=2, ttl=30, auto_extend=False) for _ in range(2)]
+    for semaphore in holders:
+        assert await semaphore.acquire()
+    status, out, _ = await cli(redis_url, "release", "pool", "--force", "--yes", "--json")
+    assert status == 0
+    assert set(json.loads(out)["released"]) == {s.lease.token for s in holders if s.lease}
+    assert await Semaphore(client, "pool", limit=2).holders() == 0
+
+
+async def test_watch_prints_acquisitions_hand_overs_releases_and_expiries(
+    client: redis.Redis, redis_url: str
+) -> None:
+    await client.config_set("notify-keyspace-events", "K$gx")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asynclock", "watch", "jobs:*",
+        env=dict(os.environ, ASYNCLOCK_URL=redis_url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        first = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert first.decode().startswith("watching 'jobs:*'")
+        first_holder = Mutex(client, "jobs:report", ttl=5)
+        assert await first_holder.acquire()
+        second = Mutex(client, "jobs:report", ttl=5)
+        waiting = asyncio.create_task(second.acquire())
+        await asyncio.sleep(0.3)
+        await first_holder.release()  # handed over to the waiting coroutine
+        assert await waiting
+        other = Mutex(client, "other", ttl=5)
+        assert await other.acquire()  # not matched: not shown
+        await other.release()
+        await second.release()
+        # A holder that crashed: its key is set as an acquire sets it, and expires.
+        await client.set("asynclock:lock:{jobs:cleanup}", "f" * 32, px=200)
+        lines = [(await asyncio.wait_for(process.stdout.readline(), 10)).decode() for _ in range(5)]
+        assert_like_readme("python -m asynclock watch 'jobs:*'", first.decode() + "".join(lines))
+        process.send_signal(signal.SIGINT)  # Ctrl-C: the way watch ends
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await client.config_set("notify-keyspace-events", "")
+
+
+async def test_watch_without_keyspace_events_shows_releases_that_wake_someone(
+    client: redis.Redis, redis_url: str
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asynclock", "watch", "--json", "--seconds", "20",
+        env=dict(os.environ, ASYNCLOCK_URL=redis_url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        holder = Mutex(client, "job", ttl=5)
+        assert await holder.acquire()
+        other = redis.Redis.from_url(redis_url)  # another process's waiter, in effect
+        waiter = asyncio.create_task(Mutex(other, "job", ttl=5).acquire())
+        await asyncio.sleep(1.0)  # the watcher subscribed, the waiter stands in line
+        await holder.release()
+        assert await waiter
+        event = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+        assert (event["event"], event["name"]) == ("released", "job")
+        assert event["detail"].startswith("(wakes process ")
+        await other.aclose()
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_errors_are_one_line_with_a_status_scripts_can_use(
+    client: redis.Redis, redis_url: str
+) -> None:
+    status, _, err = await cli(f"redis://127.0.0.1:{free_port()}/0", "inspect")
+    assert status == 3
+    assert err.startswith("error: cannot reach redis://127.0.0.1:")
+    await client.acl_setuser("cli-user", enabled=True, passwords=["+right"], reset_keys=True)
+    try:
+        port = redis_url.split(":")[-1].split("/")[0]
+        status, _, err = await cli(f"redis://cli-user:wrong@127.0.0.1:{port}/0", "inspect")
+        assert status == 3
+        assert err.startswith("error: authentication failed at redis://cli-user:***@")
+        assert "wrong" not in err
+        status, _, err = await cli(f"redis://cli-user:right@127.0.0.1:{port}/0", "inspect")
+        assert status == 3
+        assert err.startswith("error: permission denied")
+    finally:
+        await client.acl_deluser("cli-user")
+    status, _, err = await cli(redis_url, "inspect", "--prefix", "{bad}:")
+    assert status == 2
+    assert "prefix must not contain" in err
+    status, _, err = await cli(redis_url, "nonsense")
+    assert status == 2
+
+
+@pytest.mark.parametrize("command", [[], ["inspect"], ["release"], ["watch"], ["demo"]])
+async def test_every_command_has_help(command: list[str], redis_url: str) -> None:
+    status, out, _ = await cli(redis_url, *command, "--help")
+    assert status == 0
+    assert out.startswith("usage: python -m asynclock")
