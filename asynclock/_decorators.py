@@ -163,9 +163,13 @@ def locked(
                 "retry": retry,
                 "prefix": prefix,
             }
+            lock: LeaseLock
             if limit is None:
-                return Mutex(redis_client, lock_name, **options)
-            return Semaphore(redis_client, lock_name, limit=limit, **options)
+                lock = Mutex(redis_client, lock_name, **options)
+            else:
+                lock = Semaphore(redis_client, lock_name, limit=limit, **options)
+            lock._template = template  # events label the lock by it (bounded cardinality)
+            return lock
 
         def event(
             kind: str,
@@ -187,6 +191,8 @@ def locked(
                         error=error,
                         task=qualname,
                         at=_events.now(),
+                        primitive=lock._primitive,
+                        template=template,
                     )
                 )
 

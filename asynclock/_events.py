@@ -4,13 +4,18 @@ Every event has a stable name (``LockEvent.event``) and structured fields. It go
 the subscribers added with :func:`subscribe`, and to the standard logger
 ``asynclock`` with the fields of :meth:`LockEvent.fields` in ``extra`` (so a record
 has ``record.event``, ``record.lock``, ``record.key``, ``record.token``,
-``record.fencing_token``, ``record.duration``, ``record.error``, ``record.task``), and
-``record.lock_event`` holds the event itself:
+``record.fencing_token``, ``record.duration``, ``record.error``, ``record.task`` and
+the others of :class:`LockEvent`), and ``record.lock_event`` holds the event itself:
 
 =====================  ==========  =====================================================
 event                  level       when
 =====================  ==========  =====================================================
-``lock_acquired``      DEBUG       a lease was acquired
+``lock_requested``     DEBUG       an acquire began (it may wait)
+``lock_acquired``      DEBUG       a lease was acquired (``waited``, ``handed_over``)
+``lock_not_acquired``  DEBUG       an acquire ended without the lock: its ``outcome`` is
+                                   ``skipped`` (held, and it did not wait), ``timeout``
+                                   (its wait or its retries ran out), ``cancelled``
+                                   or ``error`` (the ``LockBackendError`` it raised)
 ``lock_extended``      DEBUG       the watchdog (or ``extend()``) extended a lease
 ``lock_extend_failed`` WARNING     an extension failed (it is retried until the deadline)
 ``lock_lost``          ERROR       a lease was lost while held
@@ -46,7 +51,9 @@ Verbosity = Literal["default", "verbose", "off"]
 
 #: The level each event is logged at.
 LEVELS: Final[dict[str, int]] = {
+    "lock_requested": logging.DEBUG,
     "lock_acquired": logging.DEBUG,
+    "lock_not_acquired": logging.DEBUG,
     "lock_extended": logging.DEBUG,
     "lock_extend_failed": logging.WARNING,
     "lock_lost": logging.ERROR,
@@ -76,6 +83,15 @@ class LockEvent:
     :ivar error: the exception of a failure, a loss or a failed extension
     :ivar task: the decorated function's qualified name, for ``task_*`` events
     :ivar at: when it happened, on ``time.time()``
+    :ivar primitive: ``"mutex"``, ``"multilock"`` or ``"semaphore"``
+    :ivar template: the ``@locked`` name template the lock's name was made from (such
+        as ``"report:{user_id}"``), for events of decorated calls: a label of bounded
+        cardinality for metrics
+    :ivar waited: for the end of an acquire, seconds from asking to holding or giving up
+    :ivar outcome: for the end of an acquire, ``"acquired"``, ``"skipped"``,
+        ``"timeout"``, ``"cancelled"`` or ``"error"``
+    :ivar handed_over: for ``lock_acquired``, whether the lock came straight from a
+        release in this process (one script call, no wake-up)
     """
 
     event: str
@@ -87,6 +103,11 @@ class LockEvent:
     error: BaseException | None = None
     task: str | None = None
     at: float = 0.0
+    primitive: str = ""
+    template: str | None = None
+    waited: float | None = None
+    outcome: str | None = None
+    handed_over: bool = False
 
     def fields(self) -> dict[str, object]:
         """The event as a flat dict, for logging ``extra`` and metrics labels."""
@@ -99,6 +120,11 @@ class LockEvent:
             "duration": self.duration,
             "error": None if self.error is None else repr(self.error),
             "task": self.task,
+            "primitive": self.primitive,
+            "template": self.template,
+            "waited": self.waited,
+            "outcome": self.outcome,
+            "handed_over": self.handed_over,
         }
 
 

@@ -94,6 +94,8 @@ class Lease:
         "acquired_at",
         "extensions",
         "fencing_tokens",
+        "primitive",
+        "template",
         "token",
     )
 
@@ -129,6 +131,9 @@ class Lease:
         self._holder: asyncio.Task[Any] | None = None
         self._exiting = False
         self._cancels = 0
+        # What events about the lease say of its lock (set by the lock object).
+        self.primitive = ""
+        self.template: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -225,10 +230,11 @@ class Lease:
     # Called by the lock object that acquired the lease (``LeaseLock``), not by
     # application code.
 
-    def start(self) -> None:
+    def start(self, waited: float | None = None, handed_over: bool = False) -> None:
         """Start the watchdog (extensions, the deadline) and announce the acquisition.
 
-        Called once by the lock object that acquired the lease; later calls do nothing.
+        Called once by the lock object that acquired the lease, with how long it waited
+        and whether a release of its process handed it over; later calls do nothing.
         """
         if self._started:
             return
@@ -236,7 +242,11 @@ class Lease:
         self._next_extension = self.acquired_at + self._policy.extend_interval
         self._arm()
         if _events.listening("lock_acquired"):
-            _events.emit(self._event("lock_acquired"))
+            _events.emit(
+                self._event(
+                    "lock_acquired", waited=waited, outcome="acquired", handed_over=handed_over
+                )
+            )
 
     def guard(self, body: asyncio.Task[Any]) -> None:
         """Cancel ``body`` if the lease is lost before the body's exit (``async with``)."""
@@ -305,7 +315,9 @@ class Lease:
         if _events.listening("lock_extended"):
             _events.emit(self._event("lock_extended"))
 
-    def _event(self, event: str, error: BaseException | None = None) -> _events.LockEvent:
+    def _event(
+        self, event: str, error: BaseException | None = None, **more: Any
+    ) -> _events.LockEvent:
         """Build an event about this lease; ``duration`` is how long it has been held."""
         return _events.LockEvent(
             event=event,
@@ -316,6 +328,9 @@ class Lease:
             duration=time.monotonic() - self.acquired_at,
             error=error,
             at=_events.now(),
+            primitive=self.primitive,
+            template=self.template,
+            **more,
         )
 
     # The watchdog is a timer, not a task: most leases are released long before their

@@ -19,6 +19,7 @@ from typing import Any, Final, TypedDict, TypeVar
 import redis
 import redis.asyncio
 
+from . import _events
 from ._acquire import Acquisition
 from ._errors import LockBackendError, LockError, LockNotAcquired, LockNotOwned
 from ._lease import Lease
@@ -135,6 +136,10 @@ class LeaseLock:
         self._channel_set = frozenset(resource.channels)
         self._acquisitions = 0
         self._hand_overs = 0
+        # What events say of this lock: its primitive, and the name template of the
+        # @locked function that made it, if one did.
+        self._primitive = type(self).__name__.lower()
+        self._template: str | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._resource.description!r} ttl={self._policy.ttl}>"
@@ -283,8 +288,20 @@ class LeaseLock:
         acquisition = Acquisition(
             self._resource, self._client, self._policy, self._retry, notifier, blocking=blocking
         )
-        lease = await acquisition.run(wait_limit, task)
+        asked = time.monotonic()
+        if _events.listening("lock_requested"):
+            _events.emit(self._event("lock_requested", acquisition.token))
+        try:
+            lease = await acquisition.run(wait_limit, task)
+        except BaseException as exc:
+            if _events.listening("lock_not_acquired"):
+                outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+                error = None if outcome == "cancelled" else exc
+                self._not_acquired(acquisition.token, asked, outcome, error)
+            raise
         if lease is None:
+            if _events.listening("lock_not_acquired"):
+                self._not_acquired(acquisition.token, asked, "timeout" if blocking else "skipped")
             return None
         leases[task] = lease
         if self._resource.exclusive:
@@ -295,8 +312,29 @@ class LeaseLock:
             held_by_task.append((weakref.ref(lease), self._client, self._channel_set))
         self._acquisitions += 1
         self._hand_overs += acquisition.handed_over
-        lease.start()
+        lease.primitive, lease.template = self._primitive, self._template
+        lease.start(time.monotonic() - asked, acquisition.handed_over)
         return lease
+
+    def _event(self, event: str, token: str, **more: Any) -> _events.LockEvent:
+        """Build an event about an acquire of this lock, by ``token``."""
+        return _events.LockEvent(
+            event=event,
+            lock=self._resource.description,
+            key=self._resource.key,
+            token=token,
+            at=_events.now(),
+            primitive=self._primitive,
+            template=self._template,
+            **more,
+        )
+
+    def _not_acquired(
+        self, token: str, asked: float, outcome: str, error: BaseException | None = None
+    ) -> None:
+        waited = time.monotonic() - asked
+        _events.emit(self._event("lock_not_acquired", token, waited=waited, outcome=outcome,
+                                 error=error))  # fmt: skip
 
     def _refuse_self_deadlock(self, task: asyncio.Task[Any], held: list[_Holding]) -> None:
         """Refuse a name ``task`` already holds through another lock object.

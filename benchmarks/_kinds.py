@@ -125,8 +125,9 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
                     pass
         finally:
             unsubscribe()
-        if len(received) != 2 * n:
-            raise BenchmarkError(f"expected {2 * n} events, the subscriber got {len(received)}")
+        # Requested, acquired, released: three events a section.
+        if len(received) != 3 * n:
+            raise BenchmarkError(f"expected {3 * n} events, the subscriber got {len(received)}")
 
     async def redis_py_lock(n: int) -> None:
         """``n`` acquire+release pairs of redis-py's asyncio Lock, one reused object."""

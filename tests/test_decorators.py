@@ -203,7 +203,7 @@ async def test_loss_mid_run_cancels_the_call_and_emits_the_sequence(
     with pytest.raises(LockLost):
         await job()
     assert not reached_the_end
-    sequence = [event.event for event in events if event.event != "lock_acquired"]
+    sequence = [e.event for e in events if e.event not in {"lock_requested", "lock_acquired"}]
     assert sequence == ["task_started", "lock_lost", "task_failed", "task_finished"]
     failed = next(event for event in events if event.event == "task_failed")
     assert isinstance(failed.error, LockLost)
@@ -222,7 +222,7 @@ async def test_failure_events_carry_the_error(client: redis.Redis, events: list[
         await job()
     assert names_of(events) == ["task_started", "task_failed", "task_finished"]
     assert isinstance(events[-2].error, KeyError)
-    assert names_of(events, "lock_") == ["lock_acquired", "lock_released"]
+    assert names_of(events, "lock_") == ["lock_requested", "lock_acquired", "lock_released"]
 
 
 async def test_verbosity_chooses_what_reaches_the_logger(
@@ -248,6 +248,7 @@ async def test_verbosity_chooses_what_reaches_the_logger(
         set_verbosity("default")
     assert default == ["task_started", "task_succeeded", "task_finished"]
     assert verbose == [
+        "lock_requested",
         "lock_acquired",
         "task_started",
         "lock_released",
@@ -275,7 +276,9 @@ async def test_a_stalled_server_gives_extend_failed_then_lost_then_failed(
         await admin.client_unpause()
         await client.aclose()
         await admin.aclose()
-    sequence = [event.event for event in events if event.event not in ("lock_acquired",)]
+    sequence = [
+        event.event for event in events if event.event not in ("lock_requested", "lock_acquired")
+    ]
     assert sequence[0] == "task_started"
     assert sequence[1] == "lock_extend_failed"
     assert sequence[-3:] == ["lock_lost", "task_failed", "task_finished"]
