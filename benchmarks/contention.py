@@ -4,6 +4,9 @@ Coroutines loop for ``--seconds``: pick a lock name, wait for the lock, hold it 
 1 ms, release. The scenarios:
 
 - 2, 16 and 64 coroutines in one process, on one name;
+- 64 coroutines on one name with empty sections (no hold): the hand-over alone, whose
+  limit is one script call, so the report sets it beside the client's own rate of
+  sequential EVALSHA calls;
 - 4 processes x 8 coroutines, on one name (the processes are started first and begin
   together; sections are compared on the system-wide monotonic clock);
 - 200 coroutines in one process over 1,000 names, each section on a random name.
@@ -61,6 +64,7 @@ class Scenario:
     processes: int
     coroutines: int  # per process
     names: int
+    hold: float = HOLD  # seconds a section lasts
 
     @property
     def workers(self) -> int:
@@ -74,6 +78,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("2", "2 coroutines, 1 name", 1, 2, 1),
         Scenario("16", "16 coroutines, 1 name", 1, 16, 1),
         Scenario("64", "64 coroutines, 1 name", 1, 64, 1),
+        Scenario("64x0", "64 coroutines, 1 name, empty sections", 1, 64, 1, hold=0.0),
         Scenario("4x8", "4 processes x 8 coroutines, 1 name", 4, 8, 1),
         Scenario("1000names", "200 coroutines, 1000 names", 1, 200, 1000),
     )
@@ -255,7 +260,8 @@ async def work(
             asked = time.monotonic()
             release = await acquire(names[name])
             start = time.monotonic()
-            await asyncio.sleep(HOLD)
+            if scenario.hold:
+                await asyncio.sleep(scenario.hold)
             end = time.monotonic()
             await release()
             sections.append(Section(who, name, start - asked, start, end))

@@ -433,6 +433,21 @@ async def test_bodies_that_never_yield_do_not_leave_their_waiters_to_the_fallbac
     assert sum(wait >= 0.2 for wait in waits) <= 1  # one hiccup of a loaded machine
 
 
+async def test_a_body_that_never_yields_still_hands_the_lock_over(client: redis.Redis) -> None:
+    # The next waiter has its turn but has not run when the release comes: the release
+    # lets it offer to take the lock, rather than making it try on its own after.
+    locks = [Mutex(client, "quick", ttl=30, timeout=5) for _ in range(4)]
+
+    async def worker(lock: Mutex) -> None:
+        for _ in range(50):
+            async with lock:
+                pass
+
+    await asyncio.gather(*(worker(lock) for lock in locks))
+    handed_over = sum(lock.statistics().hand_overs for lock in locks)
+    assert handed_over >= 0.9 * (200 - 4)  # all but the few first tries, and hiccups
+
+
 @pytest.mark.usefixtures("no_fallback")
 async def test_a_client_reused_by_a_new_event_loop_still_wakes_its_waiters(redis_url: str) -> None:
     # A CLI tool or a cron script: asyncio.run(...) several times with one module-level
