@@ -55,6 +55,10 @@ from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
 # that crashed without a release), unless the holder's lease runs out sooner; and
 # the pause between retries when no retry strategy is given.
 _NOTIFIED_RECHECK: Final = 0.25
+#: Added to the holder's remaining TTL before trying again: a timer may fire up to a
+#: millisecond early on uvloop (its clock counts whole milliseconds, a little behind
+#: time.monotonic()), and a try before the server lets the key go is a retry spent.
+_AFTER_EXPIRY: Final = 0.002
 
 
 async def _until(moment: float) -> None:
@@ -204,7 +208,7 @@ class Acquisition:
             if delay is None:
                 return None
             if grant.retry_after is not None:
-                delay = min(delay, grant.retry_after)
+                delay = min(delay, grant.retry_after + _AFTER_EXPIRY)
             await asyncio.sleep(delay)
 
     async def _wait_in_queue(self, notifier: Notifier) -> Lease | None:
@@ -292,7 +296,9 @@ class Acquisition:
         re-check is cut into re-checks: a try, in case a notification was lost.
         """
         loop = asyncio.get_running_loop()
-        end = loop.time() + (pause if retry_after is None else min(pause, retry_after))
+        if retry_after is not None:
+            pause = min(pause, retry_after + _AFTER_EXPIRY)
+        end = loop.time() + pause
         while True:
             left = end - loop.time()
             if left <= 0:
@@ -306,7 +312,7 @@ class Acquisition:
             if lease is not None:
                 return lease
             if grant.retry_after is not None:
-                end = min(end, loop.time() + grant.retry_after)
+                end = min(end, loop.time() + grant.retry_after + _AFTER_EXPIRY)
 
     async def _try(
         self, queue: LocalQueue | None = None, *, waiter: str = ""
