@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import _scripts
 from ._names import DEFAULT_PREFIX, NamedLocks, base_key, fence_key, line_keys, owner_key
 from ._semaphore import SemaphorePermits
 from ._validate import check_name, check_prefix
@@ -193,22 +194,24 @@ async def force_release(
 ) -> tuple[str, ...]:
     """Release the holders of ``state`` (from :func:`inspect_lock`), as their releases would.
 
-    Each is released by its own token, so a holder that let go meanwhile, and whoever
+    Each is freed by its own token, so a holder that let go meanwhile, and whoever
     took the name after it, are left alone; the waiters are woken as by a release.
-    Returns the tokens that were still holding and are now released. The old holder
+    Returns the tokens that were still holding and are now freed. The old holder
     finds out at its next extension (within a third of its TTL with auto-extend): its
-    lease is lost, its body cancelled and ``LockLost`` raised.
+    lease is lost, its body cancelled and ``LockLost`` raised. Unlike a release, this
+    leaves no tombstone, so the holder's own release finds the lease gone and says so.
     """
     check_prefix(prefix)
-    released = []
     if state.primitive == "mutex":
-        lock = NamedLocks.of(prefix, (state.name,))
-        for holder in state.holders:
-            if await lock.release(client, holder.token):
-                released.append(holder.token)
+        keys: tuple[str, ...] = NamedLocks.of(prefix, (state.name,)).keys
+        script = _scripts.FORCE_RELEASE
     else:
-        permits = SemaphorePermits(prefix, state.name, state.limit or 1, 1)
-        for holder in state.holders:
-            if await permits.release(client, holder.token):
-                released.append(holder.token)
+        keys = SemaphorePermits(prefix, state.name, state.limit or 1, 1).keys[:2]
+        script = _scripts.SEMAPHORE_FORCE_RELEASE
+    released = []
+    for holder in state.holders:
+        # No tombstone (unlike a release): the holder's own release finds its lease
+        # gone and reports it lost.
+        if int(await script(client, keys, (holder.token,))) > 0:
+            released.append(holder.token)
     return tuple(released)

@@ -24,11 +24,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from ._admin import LockState, force_release, glob_escape, inspect_lock, inspect_locks, name_of
 from ._names import DEFAULT_PREFIX
-from ._validate import check_prefix
+from ._validate import check_name, check_prefix
 
 DEFAULT_URL = "redis://localhost:6379"
 
@@ -37,9 +43,9 @@ OK, NOTHING_DONE, USAGE, SERVER = 0, 1, 2, 3
 #: What a holder whose lock was freed by force goes through, said after a release.
 AFTER_FORCE = (
     "Its holder finds out at its next extension (within a third of its TTL with"
-    " auto-extend): its lease is lost, its body cancelled and LockLost raised. A holder"
-    " without auto-extend runs on until its TTL and then gets LockLost on release."
-    " Fencing tokens let your storage refuse the old holder's late writes."
+    " auto-extend): its lease is lost, its body cancelled and LockLost raised. Its"
+    " release, whenever it comes, finds the lease gone and says so. Fencing tokens let"
+    " your storage refuse the old holder's late writes."
 )
 
 
@@ -88,13 +94,12 @@ async def with_client(url: str, work: Callable[[Any], Awaitable[int]]) -> int:
     except NoPermissionError as exc:
         raise CommandError(
             f"permission denied at {redacted(url)}: {exc} (README, Permissions, lists"
-            " the ACL rules asynclock needs; inspect also needs +scan +info +zcount"
-            " +hgetall)",
+            " the ACL rules asynclock needs, and those of its command line)",
             SERVER,
         ) from None
     except ResponseError as exc:
         raise CommandError(f"the server at {redacted(url)} replied: {exc}", SERVER) from None
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise CommandError(f"cannot reach {redacted(url)}: {exc}", SERVER) from None
     finally:
         if client is not None:
@@ -211,46 +216,63 @@ _KEYSPACE_FLAGS = "K$gx"
 
 async def run_watch(client: Any, args: argparse.Namespace, out: TextIO) -> int:
     """``watch [PATTERN]``: print lock events as they happen, until Ctrl-C."""
+    # One pattern per kind of channel, the prefix and `*`: an ACL user's `&` rules
+    # are matched literally against the patterns it subscribes to.
     literal = glob_escape(args.prefix)
-    channels = [f"{literal}lock*", f"{literal}semaphore*"]
-    keyspace = await _keyspace_prefix(client)
+    channels = [f"{literal}*"]
+    cluster = isinstance(client, RedisCluster)
+    keyspace = None if cluster else await _keyspace_prefix(client)
     if keyspace is not None:
-        channels.append(f"{keyspace}{literal}lock*")
+        channels.append(f"{keyspace}{literal}*")
     elif not args.json:
-        print(
-            "keyspace notifications are off: showing releases that wake a waiter only."
-            f" With `CONFIG SET notify-keyspace-events {_KEYSPACE_FLAGS}`, acquisitions,"
-            " hand-overs, every release and expiries show too.",
-            file=sys.stderr,
+        why = (
+            "on a cluster, keyspace events stay on each node"
+            if cluster
+            else "keyspace notifications are off"
         )
-    pubsub = client.pubsub()
-    await pubsub.psubscribe(*channels)
-    confirmed, until = 0, asyncio.get_running_loop().time() + 10
-    while confirmed < len(channels):  # only then is every later event seen
-        if asyncio.get_running_loop().time() > until:
-            raise CommandError("the server did not confirm the subscriptions", SERVER)
-        message = await pubsub.get_message(timeout=1.0)
-        if message is not None and message["type"] == "psubscribe":
-            confirmed += 1
+        more = "" if cluster else (
+            f" With `CONFIG SET notify-keyspace-events {_KEYSPACE_FLAGS}`, acquisitions,"
+            " hand-overs, every release and expiries show too."
+        )  # fmt: skip
+        print(f"{why}: showing releases that wake a waiter only.{more}", file=sys.stderr)
+    # A release is published to every node of a cluster: any one node hears them all.
+    subscriber = redis.Redis.from_url(args.url) if cluster else client
+    pubsub = subscriber.pubsub()
+    try:
+        await pubsub.psubscribe(*channels)
+        confirmed, until = 0, asyncio.get_running_loop().time() + 10
+        while confirmed < len(channels):  # only then is every later event seen
+            if asyncio.get_running_loop().time() > until:
+                raise CommandError("the server did not confirm the subscriptions", SERVER)
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "psubscribe":
+                confirmed += 1
+        return await _print_events(pubsub, keyspace, args, out)
+    finally:
+        await pubsub.aclose()
+        if subscriber is not client:
+            await subscriber.aclose()
+
+
+async def _print_events(
+    pubsub: Any, keyspace: str | None, args: argparse.Namespace, out: TextIO
+) -> int:
     held: set[str] = set()  # owner keys seen set and not yet freed
     deadline = None if args.seconds is None else asyncio.get_running_loop().time() + args.seconds
     if not args.json:
         print(f"watching {args.pattern!r} under {args.prefix!r}", file=out, flush=True)
-    try:
-        while deadline is None or asyncio.get_running_loop().time() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-            if message is None:
-                continue
-            event = _event_of(args.prefix, keyspace, message, held)
-            if event is None or not _matches(event["name"], args.pattern):
-                continue
-            if args.json:
-                print(as_json(event), file=out, flush=True)
-            else:
-                print(f"{event['at']}  {event['event']:<12} {event['name']}  {event['detail']}"
-                      .rstrip(), file=out, flush=True)  # fmt: skip
-    finally:
-        await pubsub.aclose()
+    while deadline is None or asyncio.get_running_loop().time() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is None:
+            continue
+        event = _event_of(args.prefix, keyspace, message, held)
+        if event is None or not _matches(event["name"], args.pattern):
+            continue
+        if args.json:
+            print(as_json(event), file=out, flush=True)
+        else:
+            print(f"{event['at']}  {event['event']:<12} {event['name']}  {event['detail']}"
+                  .rstrip(), file=out, flush=True)  # fmt: skip
     return OK
 
 
@@ -295,11 +317,10 @@ def _event_of(
             return None  # pexpire: an extension, too frequent to show
         detail = "(the holder never released it)" if event == "expired" else ""
         return {"at": at, "event": event, "name": name, "detail": detail}
-    if channel.startswith(f"{prefix}semaphore"):
+    if channel.endswith(":holders"):
         name = name_of(prefix, "semaphore", channel.removesuffix(":holders"))
-        if name is None:
-            return None
-        return {"at": at, "event": "permit freed", "name": name, "detail": ""}
+        if name is not None:
+            return {"at": at, "event": "permit freed", "name": name, "detail": ""}
     name = name_of(prefix, "lock", channel)
     if name is None or keyspace is not None:
         return None  # with keyspace events, their `del` says it already
@@ -372,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(args_list)
     try:
         check_prefix(args.prefix)
+        if args.command == "release":
+            check_name(args.name)
         if args.command == "release" and not args.force:
             raise CommandError(
                 f"refusing to release {args.name!r} without --force: its holder may still be"

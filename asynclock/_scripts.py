@@ -152,3 +152,6 @@ SEMAPHORE_ACQUIRE = Script.load("semaphore_acquire", after=("common",))
 SEMAPHORE_EXTEND = Script.load("semaphore_extend", after=("common",))
 SEMAPHORE_RELEASE = Script.load("semaphore_release", after=("common",))
 SEMAPHORE_INSPECT = Script.load("semaphore_inspect", after=("common",))
+# What an operator's forced release runs (asynclock/_admin.py): no tombstone.
+FORCE_RELEASE = Script.load("force_release", after=("common",))
+SEMAPHORE_FORCE_RELEASE = Script.load("semaphore_force_release", after=("common",))

@@ -98,9 +98,11 @@ class Instrumentation:
             "asynclock.lock.extend_failures", unit="{extension}",
             description="Extensions that failed (each is retried until the lease's deadline)",
         )  # fmt: skip
-        # The tokens of the acquires counted as pending, so that each is counted down
-        # once, whichever event ends it.
-        self._asking: set[str] = set()
+        # Acquires counted as pending, by their attributes: each is counted down once,
+        # by the event that ends it, and an acquire that began before instrument()
+        # (never counted up) is not counted down. (Not by token: an acquire whose
+        # grant came too late carries on under a new one.)
+        self._asking: dict[tuple[tuple[str, str], ...], int] = {}
         self._unsubscribe = subscribe(self._record)
 
     def uninstrument(self) -> None:
@@ -117,9 +119,10 @@ class Instrumentation:
     def _record(self, event: LockEvent) -> None:
         kind = event.event
         if kind == "lock_requested":
-            if event.token is not None:
-                self._asking.add(event.token)
-                self._pending.add(1, self._attributes(event))
+            attributes = self._attributes(event)
+            key = tuple(sorted(attributes.items()))
+            self._asking[key] = self._asking.get(key, 0) + 1
+            self._pending.add(1, attributes)
         elif kind in {"lock_acquired", "lock_not_acquired"}:
             self._end_of_acquire(event)
         elif kind == "lock_released":
@@ -137,8 +140,13 @@ class Instrumentation:
 
     def _end_of_acquire(self, event: LockEvent) -> None:
         attributes = self._attributes(event)
-        if event.token in self._asking:
-            self._asking.discard(event.token)
+        key = tuple(sorted(attributes.items()))
+        asking = self._asking.get(key, 0)
+        if asking:
+            if asking == 1:
+                del self._asking[key]
+            else:
+                self._asking[key] = asking - 1
             self._pending.add(-1, attributes)
         outcome = event.outcome or "acquired"
         waited = event.waited or 0.0

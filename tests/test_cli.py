@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockLost, Mutex, Semaphore
+from asynclock import LockLost, LockNotOwned, Mutex, Semaphore
+from asynclock._admin import force_release, inspect_lock
 from asynclock._server import free_port
 
 README = Path(__file__).parent.parent / "README.md"
@@ -250,3 +251,58 @@ async def test_every_command_has_help(command: list[str], redis_url: str) -> Non
     # bench hands over to the benchmark report's own command line.
     program = "benchmarks" if command == ["bench"] else "asynclock"
     assert out.startswith(f"usage: python -m {program}")
+
+
+async def test_a_forced_release_is_a_loss_to_the_holder_and_spares_a_new_holder(
+    client: redis.Redis, redis_url: str
+) -> None:
+    holder = Mutex(client, "job", ttl=30, auto_extend=False)
+    assert await holder.acquire()
+    status, _, _ = await cli(redis_url, "release", "job", "--force", "--yes")
+    assert status == 0
+    with pytest.raises(LockNotOwned, match="gone"):
+        await holder.release()  # not counted as a release of its own
+    # Inspected, then let go and taken by another before the forced release: spared.
+    first = Mutex(client, "job", ttl=30)
+    assert await first.acquire()
+    state = await inspect_lock(client, "job")
+    assert state is not None
+    await first.release()
+    second = Mutex(client, "job", ttl=30)
+    assert await second.acquire()
+    assert await force_release(client, state) == ()
+    assert second.owned
+    assert await second.locked()
+    await second.release()
+
+
+async def test_the_documented_acl_rules_let_an_operator_inspect_free_and_watch(
+    client: redis.Redis, redis_url: str
+) -> None:
+    from .test_security import ACL_RULES, SEMAPHORE_ACL_RULES
+
+    readme = README.read_text()
+    extra = re.search(
+        r"these commands needs, on top of the rules under Permissions, (.*?), and", readme, re.S
+    )
+    assert extra
+    rules = [*ACL_RULES, *SEMAPHORE_ACL_RULES, *re.findall(r"\+[a-z|]+", extra.group(1))]
+    rules.append("&__keyspace@0__:asynclock:*")
+    await client.acl_setuser("operator", enabled=True, passwords=["+pw"], reset_keys=True)
+    await client.execute_command("ACL", "SETUSER", "operator", *rules)
+    port = redis_url.split(":")[-1].split("/")[0]
+    url = f"redis://operator:pw@127.0.0.1:{port}/0"
+    await client.config_set("notify-keyspace-events", "K$gx")
+    try:
+        holder = Mutex(client, "job", ttl=30)
+        assert await holder.acquire()
+        status, out, err = await cli(url, "inspect")
+        assert (status, err) == (0, "")
+        assert "job" in out
+        status, _, err = await cli(url, "release", "job", "--force", "--yes")
+        assert (status, err) == (0, "")
+        status, _, err = await cli(url, "watch", "--seconds", "0.5")
+        assert status == 0, err
+    finally:
+        await client.config_set("notify-keyspace-events", "")
+        await client.acl_deluser("operator")

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from asynclock import LockLost, Mutex, Semaphore, locked
+from asynclock import LockEvent, LockLost, Mutex, Semaphore, locked, subscribe
 from asynclock._server import RedisServer
 from asynclock.otel import Instrumentation, instrument
 
@@ -236,3 +236,26 @@ def test_the_readme_prometheus_sample_is_what_the_example_prints(redis_url: str)
         line.rsplit(" ", 1)[0] for line in shown
     ]
     assert all(float(line.rsplit(" ", 1)[1]) >= 0 for line in printed)
+
+
+async def test_an_acquire_whose_grant_came_too_late_is_counted_down(
+    client: redis.Redis, make_client: Any, telemetry: Telemetry
+) -> None:
+    # The server freezes while the acquire is on its way: its grant arrives after the
+    # lease would have run out, is given back, and the acquire goes on under a new
+    # token. It still ends as one pending request, counted down once.
+    other = make_client()
+    seen: list[LockEvent] = []
+    stop = subscribe(seen.append)
+    freeze = asyncio.create_task(other.execute_command("DEBUG", "SLEEP", "0.3"))
+    await asyncio.sleep(0.05)
+    lock = Mutex(client, "late", ttl=0.1)
+    try:
+        assert await lock.acquire(timeout=5)
+    finally:
+        stop()
+    await freeze
+    await lock.release()
+    tokens = {e.event: e.token for e in seen if e.event in {"lock_requested", "lock_acquired"}}
+    assert tokens["lock_requested"] != tokens["lock_acquired"]  # the grant came too late
+    assert sum(p.value for p in telemetry.points("asynclock.lock.pending_requests")) == 0

@@ -81,12 +81,16 @@ end
 -- Why one key per name, bounded: a key per release would leave, at 2,000 releases a
 -- second, 60,000 live keys. Here a name has one tombstone, gone `ms` after its last
 -- release, of at most 2 KiB: the RECENT_RELEASES latest tokens (32 hex digits and a
--- space each, as the client makes them). A token matters while a command of its own
--- may still be on its way: one per coroutine of any process that gave up waiting on
--- the name at that moment. Should more than RECENT_RELEASES releases of the name
--- follow before such a command arrives, its token is forgotten early, and the cost is
--- bounded: a resent release reports the lease lost, or a late acquire holds the name
--- (nobody extending it) until its TTL runs out.
+-- space each, as the client makes them).
+--
+-- The price: a token is remembered for `ms`, or until RECENT_RELEASES later releases
+-- of the same name, whichever comes first. Every release counts, so on a name
+-- released 2,000 times a second that is 32 ms, not 30 s. Past it the cost is
+-- bounded: a release resent by the client library after a lost reply reports the
+-- lease lost (it was released), or an acquire arriving behind its own clean-up holds
+-- the name, nobody extending it, until its TTL runs out. Neither lets two holders in.
+-- A time-bounded record per token (a sorted set pruned by time) would keep the 30 s
+-- on busy names for more memory and two more commands a release.
 local RECENT_RELEASES = 64
 local RECENT_BYTES = RECENT_RELEASES * 33 - 1
 
@@ -117,7 +121,8 @@ local function remember_release(tombstone, token, ms, recent)
   local tokens = token
   if recent then
     -- Cut to the newest tokens. A token cut in half can never match a whole one.
-    tokens = token .. ' ' .. string.sub(recent, 1, RECENT_BYTES - #token - 1)
+    local keep = math.max(0, RECENT_BYTES - #token - 1)
+    tokens = token .. ' ' .. string.sub(recent, 1, keep)
   end
   redis.call('SET', tombstone, tokens, 'PX', ms)
 end
