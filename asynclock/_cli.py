@@ -226,7 +226,8 @@ async def run_watch(client: Any, args: argparse.Namespace, out: TextIO) -> int:
         channels.append(f"{keyspace}{literal}*")
     elif not args.json:
         why = (
-            "on a cluster, keyspace events stay on each node"
+            "on a cluster, keyspace events stay on each node (and a cluster client's"
+            " waiters poll, so few releases are published)"
             if cluster
             else "keyspace notifications are off"
         )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 import redis
+import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from asynclock import MultiLock, Mutex, Semaphore
@@ -125,3 +129,42 @@ async def test_the_command_line_inspects_every_primary(cluster_port: int) -> Non
                 await lock.release()
     finally:
         await client.aclose()
+
+
+async def test_the_command_line_watches_releases_on_a_cluster(cluster_port: int) -> None:
+    url = f"redis://127.0.0.1:{cluster_port}/0"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asynclock", "watch", "--json", "--seconds", "20",
+        env=dict(os.environ, ASYNCLOCK_URL=url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    holder_client = RedisCluster(host="127.0.0.1", port=cluster_port)
+    waiter_client = None
+    try:
+        await holder_client.initialize()  # the slot map, read from the cluster
+        names = [f"jobs:{n}" for n in range(12)]
+        # A name whose slot is on another node than the one watch listens to.
+        name = next(
+            n for n in names
+            if holder_client.get_node_from_key(owner_key("asynclock:", n)).port != cluster_port
+        )  # fmt: skip
+        holder = Mutex(holder_client, name, ttl=5)
+        assert await holder.acquire()
+        # Waiters of a cluster client poll today, so none stands in line and no release
+        # is published. A plain client of the name's own node waits in line: its
+        # wake-up is published on that node, and a cluster forwards it to every node.
+        node = holder_client.get_node_from_key(owner_key("asynclock:", name))
+        waiter_client = redis_asyncio.Redis(host="127.0.0.1", port=node.port)
+        waiting = asyncio.create_task(Mutex(waiter_client, name, ttl=5).acquire(timeout=10))
+        await asyncio.sleep(1.5)  # watch subscribed, the waiter in line
+        await holder.release()
+        assert await waiting
+        event = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+        assert (event["event"], event["name"]) == ("released", name)
+    finally:
+        process.kill()
+        await process.wait()
+        await holder_client.aclose()
+        if waiter_client is not None:
+            await waiter_client.aclose()
