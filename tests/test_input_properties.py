@@ -54,7 +54,12 @@ async def accepted_or_refused(client: redis.Redis, build: Any, timeout: Any) -> 
     except (TypeError, ValueError):
         assert await commands_seen(client) == before  # nothing was sent
         return
-    assert acquired
+    if not acquired:
+        # A free lock, but a wait shorter than a round trip on a loaded machine: the
+        # timeout ran out first (its clean-up releases whatever the try took).
+        assert isinstance(timeout, (int, float))
+        assert timeout < 1.0
+        return
     assert lock.owned
     await lock.release()
     assert not await lock.locked()
