@@ -42,10 +42,10 @@ OK, NOTHING_DONE, USAGE, SERVER = 0, 1, 2, 3
 
 #: What a holder whose lock was freed by force goes through, said after a release.
 AFTER_FORCE = (
-    "Its holder finds out at its next extension (within a third of its TTL with"
-    " auto-extend): its lease is lost, its body cancelled and LockLost raised. Its"
-    " release, whenever it comes, finds the lease gone and says so. Fencing tokens let"
-    " your storage refuse the old holder's late writes."
+    "The holder (each, for a semaphore) finds out at its next extension (within a third "
+    "of its TTL with auto-extend): its lease is lost, its body cancelled and LockLost "
+    "raised. Its release, whenever it comes, finds the lease gone and says so. Fencing "
+    "tokens let your storage refuse the old holder's late writes."
 )
 
 
@@ -342,7 +342,8 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="JSON output, for scripts")
     top = argparse.ArgumentParser(
-        prog="python -m asynclock",
+        # As it was run: the console script, or the module.
+        prog="asynclock" if os.path.basename(sys.argv[0]) == "asynclock" else "python -m asynclock",
         description="Inspect, free and watch asynclock's locks; run the demo or the benchmarks.",
         epilog="Exit status: 0 done, 1 nothing done, 2 usage error, 3 server unusable.",
     )
@@ -355,8 +356,9 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("pattern", nargs="?", default="*", help="a glob on names (default *)")
     release = commands.add_parser(
         "release", parents=[common], help="free a held lock, whoever holds it",
-        description="Free a lock as its holder's release would, waking its waiters. "
-        + AFTER_FORCE,
+        description="Free a lock whoever holds it (every holder of a semaphore), waking"
+        " its waiters; unlike a release, it leaves no tombstone, so the holder's own"
+        " release reports the loss. " + AFTER_FORCE,
     )  # fmt: skip
     release.add_argument("name", help="the lock's name")
     release.add_argument(
@@ -384,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo(args_list[1:])
     if args_list and args_list[0] == "bench":
+        if os.path.isfile(os.path.join("benchmarks", "__main__.py")):
+            sys.path.insert(0, os.getcwd())  # a source checkout: its benchmarks
         try:
             bench = importlib.import_module("benchmarks.__main__").main
         except ImportError:
@@ -398,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             check_name(args.name)
         if args.command == "release" and not args.force:
             raise CommandError(
-                f"refusing to release {args.name!r} without --force: its holder may still be"
-                " running (see `inspect`). " + AFTER_FORCE,
+                f"refusing to release {args.name!r} without --force: a forced release frees"
+                " it whoever holds it (see `inspect` first, and `release --help`)",
                 USAGE,
             )
         if args.command == "watch" and args.seconds is not None and not args.seconds > 0:
