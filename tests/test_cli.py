@@ -38,6 +38,15 @@ async def cli(url: str, *args: str, stdin: str = "") -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+async def start_watch(url: str, *args: str) -> asyncio.subprocess.Process:
+    """Start ``python -m asynclock watch ARGS`` on ``url``, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "asynclock", "watch", *args,
+        env=dict(os.environ, ASYNCLOCK_URL=url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 def readme_sample(command: str) -> list[str]:
     """The output README.md shows under ``$ <command>``."""
     block = re.search(rf"\$ {re.escape(command)}\n(.*?)```", README.read_text(), re.DOTALL)
@@ -160,11 +169,7 @@ async def test_watch_prints_acquisitions_hand_overs_releases_and_expiries(
     client: redis.Redis, redis_url: str
 ) -> None:
     await client.config_set("notify-keyspace-events", "K$gx")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "asynclock", "watch", "jobs:*",
-        env=dict(os.environ, ASYNCLOCK_URL=redis_url),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await start_watch(redis_url, "jobs:*")
     assert process.stdout is not None
     try:
         first = await asyncio.wait_for(process.stdout.readline(), 30)
@@ -196,11 +201,7 @@ async def test_watch_prints_acquisitions_hand_overs_releases_and_expiries(
 async def test_watch_without_keyspace_events_shows_releases_that_wake_someone(
     client: redis.Redis, redis_url: str
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "asynclock", "watch", "--json", "--seconds", "20",
-        env=dict(os.environ, ASYNCLOCK_URL=redis_url),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await start_watch(redis_url, "--json", "--seconds", "20")
     assert process.stdout is not None
     try:
         holder = Mutex(client, "job", ttl=5)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,7 +19,7 @@ from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._names import fence_key, owner_key
 from asynclock._server import RedisServer, free_port
 
-from .test_cli import cli
+from .test_cli import cli, start_watch
 
 pytestmark = pytest.mark.slow
 
@@ -133,11 +131,7 @@ async def test_the_command_line_inspects_every_primary(cluster_port: int) -> Non
 
 async def test_the_command_line_watches_releases_on_a_cluster(cluster_port: int) -> None:
     url = f"redis://127.0.0.1:{cluster_port}/0"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "asynclock", "watch", "--json", "--seconds", "20",
-        env=dict(os.environ, ASYNCLOCK_URL=url),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await start_watch(url, "--json", "--seconds", "20")
     assert process.stdout is not None
     holder_client = RedisCluster(host="127.0.0.1", port=cluster_port)
     waiter_client = None

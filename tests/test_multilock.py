@@ -11,7 +11,7 @@ import redis.asyncio as redis
 
 from asynclock import LockLost, MultiLock, Mutex
 
-from .conftest import owner_key
+from .conftest import cancel_at_random_turns, owner_key
 
 
 async def test_all_names_are_held_and_released_together(client: redis.Redis) -> None:
@@ -102,21 +102,12 @@ async def test_losing_one_name_loses_the_whole_lock(client: redis.Redis) -> None
 
 
 async def test_cancelled_acquires_leave_nothing(client: redis.Redis) -> None:
-    rng = random.Random(4)
-    cancelled = 0
-    for _ in range(150):
-        lock = MultiLock(client, ["a", "b", "c"], ttl=30)
-        task = asyncio.create_task(lock.acquire())
-        for _ in range(rng.randrange(8)):
-            await asyncio.sleep(0)
-        task.cancel()
-        try:
-            assert await task
-        except asyncio.CancelledError:
-            cancelled += 1
-            assert await client.exists(owner_key("a"), owner_key("b"), owner_key("c")) == 0
-            continue
-        await lock.release()
+    async def nothing_left() -> None:
+        assert await client.exists(owner_key("a"), owner_key("b"), owner_key("c")) == 0
+
+    cancelled, _ = await cancel_at_random_turns(
+        lambda: MultiLock(client, ["a", "b", "c"], ttl=30), 4, nothing_left
+    )
     assert cancelled >= 20
 
 

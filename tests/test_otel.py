@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from asynclock import LockEvent, LockLost, Mutex, Semaphore, locked, subscribe
 from asynclock._server import RedisServer
 from asynclock.otel import Instrumentation, instrument
+
+from .test_readme import run_example
 
 
 class Telemetry:
@@ -221,15 +220,7 @@ def test_the_readme_prometheus_sample_is_what_the_example_prints(redis_url: str)
     ]  # fmt: skip
     sample = re.search(r"which prints \(the buckets left out\):\n\n```\n(.*?)```", readme, re.S)
     assert sample
-    result = subprocess.run(
-        [sys.executable, "-c", example],
-        env={**os.environ, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    printed = result.stdout.strip().splitlines()
+    printed = run_example(example, redis_url).strip().splitlines()
     shown = sample.group(1).strip().splitlines()
     # Series and labels as shown; the values are this run's.
     assert [line.rsplit(" ", 1)[0] for line in printed] == [

@@ -18,8 +18,8 @@ def test_the_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 5
 
 
-@pytest.mark.parametrize("source", EXAMPLES, ids=[f"example-{n}" for n in range(len(EXAMPLES))])
-def test_readme_example_runs(source: str, redis_url: str, client: object) -> None:
+def run_example(source: str, redis_url: str) -> str:
+    """Run a README example in its own process against ``redis_url``; return its output."""
     result = subprocess.run(
         [sys.executable, "-c", source],
         env={**os.environ, "REDIS_URL": redis_url},
@@ -28,4 +28,9 @@ def test_readme_example_runs(source: str, redis_url: str, client: object) -> Non
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    return result.stdout
+
+
+@pytest.mark.parametrize("source", EXAMPLES, ids=[f"example-{n}" for n in range(len(EXAMPLES))])
+def test_readme_example_runs(source: str, redis_url: str, client: object) -> None:
+    assert run_example(source, redis_url).strip()

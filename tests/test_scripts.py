@@ -307,3 +307,13 @@ async def test_a_tombstone_is_no_other_names_key(client: redis.Redis) -> None:
     assert await client.get(owner_key(P, "{t}job:released")) == b"theirs"
     assert await other.release(client, "theirs")
     assert await job.release(client, "mine")  # resent: the tombstone still counts it
+
+
+async def test_a_tombstone_matches_whole_tokens_only(client: redis.Redis) -> None:
+    lock = NamedLocks(P, ("whole",))
+    for token in ("xab", "abx", "ab"):
+        assert not await lock.release(client, token)  # clean-ups: all three remembered
+    assert not (await lock.acquire(client, "ab", 5000)).acquired  # a whole token
+    for part in ("a", "b", "xa", "bx"):  # parts of tokens are not tokens
+        assert (await lock.acquire(client, part, 5000)).acquired
+        assert await lock.release(client, part)
