@@ -40,7 +40,7 @@ from typing import Any, Final
 from ._aio import complete_despite_cancel, spawn
 from ._errors import LockBackendError
 from ._lease import Lease
-from ._notify import Notifier
+from ._notify import Notifications
 from ._queue import (
     LocalQueue,
     Offer,
@@ -109,7 +109,7 @@ class Acquisition:
         client: Any,
         policy: LeasePolicy,
         retry: RetryStrategy | None,
-        notifier: Notifier | None,
+        notifier: Notifications | None,
         *,
         blocking: bool = True,
     ) -> None:
@@ -211,7 +211,7 @@ class Acquisition:
                 delay = min(delay, grant.retry_after + _AFTER_EXPIRY)
             await asyncio.sleep(delay)
 
-    async def _wait_in_queue(self, notifier: Notifier) -> Lease | None:
+    async def _wait_in_queue(self, notifier: Notifications) -> Lease | None:
         client, resource = self._client, self._resource
         refused = None
         attempt = first_try(client, resource.channels)

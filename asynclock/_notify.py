@@ -18,8 +18,16 @@ message naming another process: the line only orders wake-ups, so a frozen or
 crashed process first in line costs the others a re-check, and its place lapses
 within two seconds.
 
-Clients without a usable pub/sub poll instead: Redis Cluster clients (whose pub/sub
-needs a node per channel), and clients whose pool holds a single connection, which
+On Redis Cluster a lock's channel shares its keys' hash tag, and so their slot: the
+release scripts publish it with ``SPUBLISH`` to that slot's shard only, and a
+:class:`ShardedNotifier` keeps one :class:`Notifier` per shard node that has waiters,
+each on a connection of its own subscribed with ``SSUBSCRIBE``. The line across
+processes and the hand-over inside one work there exactly as on one server.
+
+Clients without a usable pub/sub poll instead: Redis Cluster clients on redis-py
+before 8.1 (whose asyncio pub/sub lacks sharded channels or re-subscribes them all in
+one command, which a node owning several slots refuses) or on a server before Redis
+7.0 (no sharded pub/sub), and clients whose pool holds a single connection, which
 the subscriber would take from the waiters.
 
 This module knows nothing of locks: the local queue of waiters (``_queue.py``) uses it.
@@ -31,11 +39,18 @@ import asyncio
 import logging
 import secrets
 import weakref
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from redis.exceptions import RedisError
+import redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ._aio import spawn
+from ._scripts import is_cluster
 
 _log = logging.getLogger("asynclock")
 
@@ -46,21 +61,56 @@ _CONFIRM_TIMEOUT = 1.0
 _SWEEP_INTERVAL = 1.0
 
 
+class Notifications(Protocol):
+    """What the waiters of a client use to hear of releases: a notifier."""
+
+    #: This process's id in the lines of waiters, and in release messages.
+    id: str
+    #: The event loop it serves: its subscriptions, reader and futures live there.
+    loop: asyncio.AbstractEventLoop
+
+    async def watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        """Have ``event`` set by releases on ``channels``, once the server confirms."""
+
+    def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        """Stop setting ``event`` on releases on ``channels``."""
+
+
+# The pub/sub message types of plain and of sharded channels.
+_MESSAGES = frozenset({"message", "smessage"})
+_SUBSCRIBED = frozenset({"subscribe", "ssubscribe"})
+
+
 class Notifier:
-    """The pub/sub subscriber of one client, shared by every waiter in the process.
+    """One pub/sub connection's subscriber, shared by every waiter in the process.
 
     Subscriptions follow the waiters lazily: a channel is subscribed when a waiter
     first needs it (concurrent needs are sent as one ``SUBSCRIBE``), and unsubscribed
     by the reader's sweep once nobody has waited on it for about a second, so that a
     busy lock does not pay a ``SUBSCRIBE``/``UNSUBSCRIBE`` pair at every hand-over.
+
+    ``sharded``: the channels are a cluster node's sharded channels (``SSUBSCRIBE``,
+    one command per slot); ``on_moved`` is told of a channel the node stopped serving
+    (its slot moved to another node), with the events still waiting on it.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(
+        self,
+        pubsub: Any,
+        id: str | None = None,
+        *,
+        sharded: bool = False,
+        on_moved: Callable[[str, set[asyncio.Event]], None] | None = None,
+    ) -> None:
         #: This process's id in the lines of waiters, and in release messages.
-        self.id = secrets.token_hex(8)
+        self.id = id or secrets.token_hex(8)
         #: The event loop it serves: its subscriptions, reader and futures live there.
         self.loop = asyncio.get_running_loop()
-        self._pubsub = client.pubsub()
+        #: Set when the server refused a subscription outright (no sharded pub/sub).
+        self.refused = False
+        self._pubsub = pubsub
+        self._sharded = sharded
+        self._on_moved = on_moved
         self._events: dict[str, set[asyncio.Event]] = {}  # the channels wanted now
         self._subscribed: set[str] = set()  # SUBSCRIBE sent, no UNSUBSCRIBE since
         self._confirmed: set[str] = set()  # ... and confirmed by the server
@@ -106,11 +156,17 @@ class Notifier:
             batch, self._to_subscribe = self._to_subscribe, []
             try:
                 async with self._commands:
-                    await self._pubsub.subscribe(*batch)
+                    await self._send("subscribe", batch)
             except (RedisError, OSError) as exc:
                 # The waiters re-check by polling; the next one to wait asks again.
+                # Told now, not after the confirmation's timeout.
                 _log.debug("subscribing to %s failed: %r", batch, exc)
                 self._subscribed.difference_update(batch)
+                self.refused = self.refused or _unknown_command(exc)
+                for channel in batch:
+                    confirmation = self._confirmations.pop(channel, None)
+                    if confirmation is not None and not confirmation.done():
+                        confirmation.set_result(None)
                 continue
             if self._reader is None or self._reader.done():
                 self._next_sweep = asyncio.get_running_loop().time() + _SWEEP_INTERVAL
@@ -137,9 +193,17 @@ class Notifier:
         self._confirmed.difference_update(unwanted)
         try:
             async with self._commands:
-                await self._pubsub.unsubscribe(*unwanted)
+                await self._send("unsubscribe", unwanted)
         except (RedisError, OSError) as exc:
             _log.debug("unsubscribing from %s failed: %r", unwanted, exc)
+
+    async def _send(self, command: str, channels: Iterable[str]) -> None:
+        """``SUBSCRIBE`` or ``UNSUBSCRIBE`` (their sharded forms, a command per slot)."""
+        if not self._sharded:
+            await getattr(self._pubsub, command)(*channels)
+            return
+        for group in _by_slot(channels):
+            await getattr(self._pubsub, f"s{command}")(*group)
 
     async def _read(self) -> None:
         """Deliver messages to the waiting heads until nothing is subscribed."""
@@ -177,7 +241,7 @@ class Notifier:
                     return
                 continue
             kind, channel = _text(message["type"]), _text(message["channel"])
-            if kind == "message":
+            if kind in _MESSAGES:
                 # A release names the process first in line, which alone tries at
                 # once; an empty message (nobody in line, or a semaphore) wakes all.
                 addressee = _text(message["data"])
@@ -185,7 +249,9 @@ class Notifier:
                     continue
                 for event in self._events.get(channel, ()):
                     event.set()
-            elif kind == "subscribe":
+            elif kind == "sunsubscribe" and channel in self._subscribed:
+                self._moved(channel)
+            elif kind in _SUBSCRIBED:
                 self._confirmed.add(channel)
                 confirmation = self._confirmations.pop(channel, None)
                 if confirmation is not None:
@@ -196,6 +262,16 @@ class Notifier:
                     # published while the connection was down, so re-check now.
                     for event in self._events.get(channel, ()):
                         event.set()
+
+    def _moved(self, channel: str) -> None:
+        """The node stopped serving ``channel`` (its slot moved), unasked: follow it."""
+        self._subscribed.discard(channel)
+        self._confirmed.discard(channel)
+        events = self._events.pop(channel, set())
+        for event in events:
+            event.set()  # a release may have gone to the new owner meanwhile: re-check
+        if self._on_moved is not None and events:
+            self._on_moved(channel, events)
 
     async def _close_if_idle(self) -> bool:
         """Give the connection back to the pool if nobody waits; say whether it did."""
@@ -219,10 +295,96 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-_notifiers: weakref.WeakKeyDictionary[Any, Notifier] = weakref.WeakKeyDictionary()
+def _unknown_command(error: BaseException) -> bool:
+    """Whether the server does not know the command (``SSUBSCRIBE`` before 7.0)."""
+    return isinstance(error, ResponseError) and "unknown command" in str(error).lower()
 
 
-def notifier_for(client: Any) -> Notifier | None:
+def _by_slot(channels: Iterable[str]) -> list[list[str]]:
+    """``channels`` grouped by cluster slot: a sharded command takes one slot's."""
+    groups: defaultdict[int, list[str]] = defaultdict(list)
+    for channel in channels:
+        groups[key_slot(channel.encode())].append(channel)
+    return list(groups.values())
+
+
+class _ShardPubSub(PubSub):
+    """A pub/sub connection to one cluster node, for its sharded channels.
+
+    After a reconnect redis-py sends one ``SSUBSCRIBE`` with every channel, which a
+    node owning channels of several slots refuses (``CROSSSLOT``): one per slot here.
+    """
+
+    async def _resubscribe_shard_channels(self) -> None:
+        channels = {_text(channel): handler for channel, handler in self.shard_channels.items()}
+        for group in _by_slot(channels):
+            await self.ssubscribe(*group)
+
+
+class ShardedNotifier:
+    """The notifier of a Redis Cluster client: a :class:`Notifier` per shard node.
+
+    A release is published (``SPUBLISH``) on the node that owns the lock's slot, so a
+    waiter subscribes there, on a connection of its own to that node made on first
+    need. The names of one lock share a slot, so one node serves each wait.
+    """
+
+    def __init__(self, client: Any) -> None:
+        #: This process's id in the lines of waiters, on every node.
+        self.id = secrets.token_hex(8)
+        #: The event loop it serves.
+        self.loop = asyncio.get_running_loop()
+        self._client = client
+        self._nodes: dict[str, Notifier] = {}  # by node name, host:port
+
+    @property
+    def refused(self) -> bool:
+        """Whether a node refused sharded subscriptions (a server before 7.0)."""
+        return any(notifier.refused for notifier in self._nodes.values())
+
+    def _node_notifier(self, channel: str) -> Notifier | None:
+        """The notifier of the node that owns ``channel``'s slot now, if known."""
+        try:
+            node = self._client.get_node_from_key(channel)
+        except (RedisClusterException, RedisError) as exc:  # a slot not covered now
+            _log.debug("no node for channel %s: %r", channel, exc)
+            return None
+        if node is None:
+            return None
+        notifier = self._nodes.get(node.name)
+        if notifier is None:
+            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+            pubsub = _ShardPubSub(connection_pool=pool, encoder=self._client.encoder)
+            notifier = self._nodes[node.name] = Notifier(
+                pubsub, self.id, sharded=True, on_moved=self._follow
+            )
+        return notifier
+
+    async def watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        """Have ``event`` set by releases on ``channels``, once their node confirms."""
+        notifier = self._node_notifier(channels[0])
+        if notifier is not None:  # else the waiter re-checks by polling
+            await notifier.watch(channels, event)
+
+    def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
+        """Stop setting ``event``, on whichever node it was watching."""
+        for notifier in self._nodes.values():
+            notifier.unwatch(channels, event)
+
+    def _follow(self, channel: str, events: set[asyncio.Event]) -> None:
+        """Subscribe ``events`` to ``channel`` on the node that owns it now."""
+        for event in events:
+            spawn(self.watch((channel,), event), f"following channel {channel} to its node")
+
+
+# Sharded pub/sub on asyncio cluster clients, re-subscribed per slot: redis-py 8.1.
+_SHARDED_PUBSUB = tuple(map(int, redis.__version__.split(".")[:2])) >= (8, 1)
+
+_Any = Notifier | ShardedNotifier
+_notifiers: weakref.WeakKeyDictionary[Any, _Any] = weakref.WeakKeyDictionary()
+
+
+def notifier_for(client: Any) -> Notifications | None:
     """The client's notifier on the running loop; ``None`` if it has no usable pub/sub.
 
     Made on first use, and anew when the client is used from another event loop (a
@@ -230,12 +392,17 @@ def notifier_for(client: Any) -> Notifier | None:
     knew of its subscriptions died with its loop, and trusting it would leave the new
     loop's waiters without wake-ups.
     """
-    if hasattr(client, "get_node_from_key"):  # a cluster client
-        return None
+    if is_cluster(client):
+        if not _SHARDED_PUBSUB:
+            return None
+        notifier = _notifiers.get(client)
+        if notifier is None or notifier.loop is not asyncio.get_running_loop():
+            notifier = _notifiers[client] = ShardedNotifier(client)
+        return None if notifier.refused else notifier
     max_connections = getattr(client.connection_pool, "max_connections", None)
     if max_connections is not None and max_connections < 2:
         return None  # the subscriber would take the only connection: poll instead
     notifier = _notifiers.get(client)
     if notifier is None or notifier.loop is not asyncio.get_running_loop():
-        notifier = _notifiers[client] = Notifier(client)
+        notifier = _notifiers[client] = Notifier(client.pubsub())
     return notifier

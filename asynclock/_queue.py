@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 
 from ._aio import spawn, within
 from ._errors import LockBackendError
-from ._notify import Notifier
+from ._notify import Notifications
 from ._resource import BACKEND_ERRORS, Place, Resource, Successor, release_by_token
 
 _log = logging.getLogger("asynclock")
@@ -108,7 +108,7 @@ class LocalQueue:
 
     def __init__(
         self,
-        notifier: Notifier,
+        notifier: Notifications,
         channels: tuple[str, ...],
         leave_line: LeaveLine,
         registry: dict[tuple[str, ...], LocalQueue | FirstTry],
@@ -289,7 +289,7 @@ class FirstTry:
             queue.turn.release()
             queue.leave()
 
-    async def refused(self, client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+    async def refused(self, client: Any, notifier: Notifications, resource: Resource) -> LocalQueue:
         """End the try, refused (or failed); return the queue, its turn ours.
 
         The refusal put the process in the lock's line (a failed try may have), which
@@ -336,7 +336,7 @@ def first_try(client: Any, channels: tuple[str, ...]) -> FirstTry | None:
     return attempt
 
 
-async def enter_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+async def enter_queue(client: Any, notifier: Notifications, resource: Resource) -> LocalQueue:
     """Join the queue for ``resource``'s lock; the caller then waits for its turn.
 
     During a first try, the first to arrive makes the queue, and takes its turn for
@@ -351,7 +351,7 @@ async def enter_queue(client: Any, notifier: Notifier, resource: Resource) -> Lo
     return join_queue(client, notifier, resource)
 
 
-def join_queue(client: Any, notifier: Notifier, resource: Resource) -> LocalQueue:
+def join_queue(client: Any, notifier: Notifications, resource: Resource) -> LocalQueue:
     """Take a place in this process's queue for ``resource``'s lock; leave with
     :meth:`LocalQueue.leave`. The head is whoever holds :attr:`LocalQueue.turn`."""
     queues = _queues.get(client)

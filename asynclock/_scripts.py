@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
@@ -37,15 +38,22 @@ class Script:
     Calling it sends ``EVALSHA``; a server that does not know the script (a new or
     restarted server, or ``SCRIPT FLUSH``) answers ``NOSCRIPT``, and the call falls
     back to ``EVAL`` with the full text once, which also caches it on that server.
-    With Redis Cluster the client routes the call by its keys, which share one slot.
+    With Redis Cluster the client routes the call by its keys, which share one slot,
+    and the script runs as :attr:`sharded`: releases published with ``SPUBLISH`` to
+    that slot's shard alone, where a plain ``PUBLISH`` would go to every node.
     """
 
     name: str
     source: str
     sha: str = field(init=False)
+    #: The variant for cluster clients (itself if the script publishes nothing).
+    sharded: Script = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+        sharded = self.source.replace(_PUBLISH, _SPUBLISH)
+        variant = self if sharded == self.source else Script(self.name, sharded)
+        object.__setattr__(self, "sharded", variant)
 
     @classmethod
     def load(cls, name: str, *, after: tuple[str, ...] = ()) -> Script:
@@ -60,10 +68,24 @@ class Script:
 
     async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """Run the script on ``client`` with ``keys`` and ``args``; return its reply."""
+        if self.sharded is not self and is_cluster(client):
+            return await self.sharded(client, keys, args)
         try:
             return await run_command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+
+# How the scripts publish a release, and how they do on a cluster. `pcall`: a server
+# before 7.0 has no SPUBLISH, and its cluster clients poll (asynclock/_notify.py);
+# the release goes on without publishing.
+_PUBLISH = "redis.call('PUBLISH', "
+_SPUBLISH = "redis.pcall('SPUBLISH', "
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client (which routes commands by key)."""
+    return isinstance(client, RedisCluster)
 
 
 async def run_command(client: Any, *command: Any) -> Any:

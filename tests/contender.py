@@ -2,6 +2,9 @@
 
 Usage: python contender.py URL NAME COROUTINES SECTIONS OUT_PATH [LIMIT]
 
+A URL starting with ``cluster+`` (``cluster+redis://127.0.0.1:7000/0``) is a Redis
+Cluster's, used through ``RedisCluster``.
+
 Each coroutine enters ``Mutex(NAME)`` (or ``Semaphore(NAME, limit=LIMIT)``, or with
 ``NAME`` = ``a,b,c,...`` a ``MultiLock`` over two of those names at random) SECTIONS
 times and records, per section, the start and end on ``time.monotonic()`` (one clock
@@ -19,6 +22,7 @@ import time
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 
 from asynclock import MultiLock, Mutex, Semaphore
 from asynclock._lock import LeaseLock
@@ -28,7 +32,11 @@ async def contend(
     url: str, name: str, coroutines: int, sections: int, limit: int | None
 ) -> list[dict[str, Any]]:
     """Run the coroutines and return their records."""
-    client = redis.Redis.from_url(url)
+    client: Any
+    if url.startswith("cluster+"):
+        client = RedisCluster.from_url(url.removeprefix("cluster+"))
+    else:
+        client = redis.Redis.from_url(url)
     records: list[dict[str, Any]] = []
 
     async def one() -> None:

@@ -1,4 +1,6 @@
-"""Mutex on a real three-node Redis Cluster: a lock's keys share one slot."""
+"""The primitives on a real three-node Redis Cluster: a lock's keys share one slot,
+its releases are published to that slot's shard, and its waiters are woken from there.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +8,38 @@ import asyncio
 import json
 import random
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import redis
-import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import MultiLock, Mutex, Semaphore
+from asynclock import LinearBackoff, LockEvent, MultiLock, Mutex, Semaphore, subscribe
 from asynclock._names import fence_key, owner_key
-from asynclock._server import RedisServer, free_port
+from asynclock._notify import ShardedNotifier, notifier_for
+from asynclock._server import RedisServer, find_server_binary, free_port, server_version
 
 from .test_cli import cli, start_watch
+from .test_processes import overlaps
 
 pytestmark = pytest.mark.slow
 
 SLOTS = 16384
+HERE = Path(__file__).parent
+SLOW_POLL = LinearBackoff(delay=5.0, jitter=0)  # polling alone would take 5 s
+
+# Sharded pub/sub: Redis 7.0 on the server, redis-py 8.1 in the client.
+SHARDED = server_version(find_server_binary()) >= (7, 0) and tuple(
+    map(int, redis.__version__.split(".")[:2])
+) >= (8, 1)
+needs_sharded = pytest.mark.skipif(
+    not SHARDED, reason="sharded pub/sub needs Redis 7.0+ and redis-py 8.1+"
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +71,25 @@ def cluster_port() -> Iterator[int]:
             assert time.monotonic() < deadline, "the cluster did not form"
             time.sleep(0.1)
         yield nodes[0].port
+
+
+@pytest.fixture
+async def cluster(cluster_port: int) -> AsyncIterator[RedisCluster]:
+    """A cluster client, its slot map read."""
+    client = RedisCluster(host="127.0.0.1", port=cluster_port)
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+def names_on_every_node(client: RedisCluster, count: int = 3) -> list[str]:
+    """Names whose slots are on ``count`` different nodes, one per node."""
+    by_node: dict[int, str] = {}
+    for n in range(200):
+        name = f"jobs:{n}"
+        by_node.setdefault(client.get_node_from_key(owner_key("asynclock:", name)).port, name)
+    assert len(by_node) >= count
+    return list(by_node.values())[:count]
 
 
 def port_with_free_bus() -> int:
@@ -129,36 +164,146 @@ async def test_the_command_line_inspects_every_primary(cluster_port: int) -> Non
         await client.aclose()
 
 
-async def test_the_command_line_watches_releases_on_a_cluster(cluster_port: int) -> None:
+async def test_the_command_line_watches_a_cluster_through_every_primary(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
     url = f"redis://127.0.0.1:{cluster_port}/0"
+    # Releases are published on their name's shard: only keyspace events show them.
+    status, _, err = await cli(url, "watch", "--seconds", "1")
+    assert status == 2
+    assert "keyspace notifications on every primary" in err
+    primaries = cluster.get_primaries()
+    for node in primaries:
+        await cluster.config_set("notify-keyspace-events", "K$gx", target_nodes=node)
     process = await start_watch(url, "--json", "--seconds", "20")
     assert process.stdout is not None
-    holder_client = RedisCluster(host="127.0.0.1", port=cluster_port)
-    waiter_client = None
     try:
-        await holder_client.initialize()  # the slot map, read from the cluster
-        names = [f"jobs:{n}" for n in range(12)]
-        # A name whose slot is on another node than the one watch listens to.
-        name = next(
-            n for n in names
-            if holder_client.get_node_from_key(owner_key("asynclock:", n)).port != cluster_port
-        )  # fmt: skip
-        holder = Mutex(holder_client, name, ttl=5)
-        assert await holder.acquire()
-        # Waiters of a cluster client poll today, so none stands in line and no release
-        # is published. A plain client of the name's own node waits in line: its
-        # wake-up is published on that node, and a cluster forwards it to every node.
-        node = holder_client.get_node_from_key(owner_key("asynclock:", name))
-        waiter_client = redis_asyncio.Redis(host="127.0.0.1", port=node.port)
-        waiting = asyncio.create_task(Mutex(waiter_client, name, ttl=5).acquire(timeout=10))
-        await asyncio.sleep(1.5)  # watch subscribed, the waiter in line
-        await holder.release()
-        assert await waiting
-        event = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
-        assert (event["event"], event["name"]) == ("released", name)
+        await asyncio.sleep(1.5)  # subscribed on every primary
+        for name in names_on_every_node(cluster):
+            async with Mutex(cluster, name, ttl=5):
+                pass
+            for expected in ("acquired", "released"):
+                event = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+                assert (event["event"], event["name"]) == (expected, name)
     finally:
         process.kill()
         await process.wait()
-        await holder_client.aclose()
-        if waiter_client is not None:
-            await waiter_client.aclose()
+        for node in primaries:
+            await cluster.config_set("notify-keyspace-events", "", target_nodes=node)
+
+
+@needs_sharded
+async def test_a_release_on_a_cluster_wakes_a_waiter_of_another_client_at_once(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
+    # The waiter's client is another process's, as far as the cluster can tell.
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        for name in names_on_every_node(cluster):
+            holder = Mutex(cluster, name, ttl=30)
+            assert await holder.acquire()
+            second = Mutex(other, name, ttl=30, retry=SLOW_POLL)
+            waiter = asyncio.create_task(second.acquire())
+            await asyncio.sleep(0.3)  # refused, in line and subscribed on the name's node
+            assert not waiter.done()
+            released = time.monotonic()
+            await holder.release()
+            assert await asyncio.wait_for(waiter, 3)
+            assert time.monotonic() - released < 0.5  # a notification, not a 5 s poll
+            await second.release()
+        assert isinstance(notifier_for(other), ShardedNotifier)
+    finally:
+        await other.aclose()
+
+
+@needs_sharded
+async def test_a_released_permit_on_a_cluster_wakes_a_semaphore_waiter(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        holder = Semaphore(cluster, "quota", limit=1, ttl=30)
+        assert await holder.acquire()
+        waiter = asyncio.create_task(
+            Semaphore(other, "quota", limit=1, ttl=30, retry=SLOW_POLL).acquire()
+        )
+        await asyncio.sleep(0.3)
+        released = time.monotonic()
+        await holder.release()
+        assert await asyncio.wait_for(waiter, 3)
+        assert time.monotonic() - released < 0.5
+    finally:
+        await other.aclose()
+
+
+@needs_sharded
+async def test_a_cluster_client_hands_over_inside_its_process(cluster: RedisCluster) -> None:
+    events: list[LockEvent] = []
+    stop = subscribe(events.append)
+    sections: list[tuple[float, float]] = []
+
+    async def one() -> None:
+        for _ in range(5):
+            async with Mutex(cluster, "reports", ttl=10, retry=SLOW_POLL, timeout=30):
+                start = time.monotonic()
+                await asyncio.sleep(0.001)
+                sections.append((start, time.monotonic()))
+
+    try:
+        began = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(8))), 30)
+        elapsed = time.monotonic() - began
+    finally:
+        stop()
+    records = [{"start": start, "end": end} for start, end in sections]
+    assert len(records) == 40
+    assert overlaps(records) == []
+    acquired = [e for e in events if e.event == "lock_acquired" and e.lock == "reports"]
+    assert sum(e.handed_over for e in acquired) >= 20  # most went straight to the next
+    assert elapsed < 5  # never a 5 s poll
+
+
+@needs_sharded
+async def test_channels_of_a_cluster_are_subscribed_on_their_own_node_only(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    names = names_on_every_node(cluster)
+    holders = [Mutex(cluster, name, ttl=30) for name in names]
+    try:
+        for holder in holders:
+            assert await holder.acquire()
+        waiters = [
+            asyncio.create_task(Mutex(other, name, retry=SLOW_POLL).acquire(timeout=20))
+            for name in names
+        ]
+        await asyncio.sleep(0.5)
+        for name in names:
+            node = cluster.get_node_from_key(owner_key("asynclock:", name))
+            channels = await cluster.execute_command(
+                "PUBSUB", "SHARDCHANNELS", "asynclock:*", target_nodes=node
+            )
+            ours = {owner_key("asynclock:", n) for n in names} & {c.decode() for c in channels}
+            assert ours == {owner_key("asynclock:", name)}
+        for holder in holders:
+            await holder.release()
+        assert all(await asyncio.wait_for(asyncio.gather(*waiters), 5))
+    finally:
+        await other.aclose()
+
+
+@needs_sharded
+def test_processes_on_a_cluster_never_overlap_and_are_woken_by_notification(
+    cluster_port: int, tmp_path: Path
+) -> None:
+    outputs = [tmp_path / f"worker-{n}.jsonl" for n in range(3)]
+    url = f"cluster+redis://127.0.0.1:{cluster_port}/0"
+    command = [sys.executable, str(HERE / "contender.py"), url, "procs"]
+    workers = [subprocess.Popen([*command, "4", "15", str(out)]) for out in outputs]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+    records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
+    assert len(records) == 3 * 4 * 15
+    assert overlaps(records) == []
+    fences = [record["fence"] for record in sorted(records, key=lambda r: r["start"])]
+    assert fences == sorted(set(fences))
