@@ -1,12 +1,21 @@
-"""``MultiLock``: several names held together, all or none."""
+"""``MultiLock``: several names held together, all or none.
+
+On one server, or names of one Redis Cluster slot, one script takes every name.
+Names spread over several slots are taken one slot at a time by :class:`SlotGroups`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Unpack
 
+from . import _scripts
 from ._lock import LeaseLock, LockOptions
 from ._names import DEFAULT_PREFIX, NamedLocks, owner_key
+from ._resource import Grant, HandOver, Place, Resource, Successor
 from ._validate import check_names, check_prefix
 
 
@@ -25,10 +34,16 @@ class MultiLock(LeaseLock):
     ``Mutex("a")`` exclude each other. The rest is ``Mutex``'s lifecycle.
 
     **Redis Cluster.** A script may only touch keys of one slot. A name's keys live in
-    the slot of its hash tag: the whole name, or the ``{tag}`` it carries. So the
-    names of one MultiLock on a cluster must share a tag, as in
-    ``["{account:7}:debit", "{account:7}:credit"]``; otherwise the constructor raises
-    ``ValueError`` (checked when the client is a ``RedisCluster``).
+    the slot of its hash tag: the whole name, or the ``{tag}`` it carries. Names that
+    share a tag, as in ``["{account:7}:debit", "{account:7}:credit"]``, are taken by
+    one script, as on one server. Names in several slots are taken one slot's group at
+    a time, in one order for every lock (by slot, then name); a group refused makes
+    the groups already taken go back (without a trace, so the next try takes them
+    again) before the lock waits and tries again. No lock holds some names while it
+    waits for others, so none deadlock, and ``acquire`` reports success only with every
+    name held. What differs from one slot: another lock may see an earlier group held
+    for the moment before a later one is refused, and a release frees the groups one
+    after another, without handing them straight to a waiter of the process.
 
     :param client: a ``redis.asyncio`` client
     :param names: the names, a non-empty list or tuple of distinct non-empty ``str``
@@ -46,8 +61,7 @@ class MultiLock(LeaseLock):
     ) -> None:
         self._names = check_names(names)
         checked_prefix = check_prefix(prefix)
-        _check_one_slot(client, checked_prefix, self._names)
-        super().__init__(client, NamedLocks.of(checked_prefix, self._names), **options)
+        super().__init__(client, _resource(client, checked_prefix, self._names), **options)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -63,14 +77,95 @@ class MultiLock(LeaseLock):
         return dict(self._current_lease().fencing_tokens)
 
 
-def _check_one_slot(client: object, prefix: str, names: tuple[str, ...]) -> None:
-    keyslot = getattr(client, "keyslot", None)
-    if keyslot is None or not hasattr(client, "get_node_from_key"):
-        return  # not a cluster client: any names go
-    slots = {keyslot(owner_key(prefix, name)) for name in names}
-    if len(slots) > 1:
-        raise ValueError(
-            "on Redis Cluster the names of one MultiLock must share a hash tag, as in "
-            f"'{{account:7}}:debit' and '{{account:7}}:credit'; these map to {len(slots)} "
-            f"slots: {list(names)}"
-        )
+def _resource(client: Any, prefix: str, names: tuple[str, ...]) -> Resource:
+    """The names' locks: one script's, or one per cluster slot when they span several."""
+    if not _scripts.is_cluster(client) or len(names) == 1:
+        return NamedLocks.of(prefix, names)
+    slots: dict[int, list[str]] = {}
+    for name in names:
+        slots.setdefault(client.keyslot(owner_key(prefix, name)), []).append(name)
+    if len(slots) == 1:
+        return NamedLocks.of(prefix, names)
+    return SlotGroups.of(prefix, tuple(tuple(sorted(slots[slot])) for slot in sorted(slots)))
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGroups:
+    """The :class:`~asynclock._resource.Resource` of names spread over cluster slots.
+
+    One :class:`~asynclock._names.NamedLocks` per slot, taken in their order (every
+    lock orders its groups alike: by slot, then name). The lease is everyone's: one
+    token, its fencing tokens in the order of :attr:`names`.
+    """
+
+    groups: tuple[NamedLocks, ...]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def of(prefix: str, groups: tuple[tuple[str, ...], ...]) -> SlotGroups:
+        """The groups of names (each of one slot, in order) with ``prefix``."""
+        return SlotGroups(tuple(NamedLocks.of(prefix, names) for names in groups))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name, group after group: the order of the fencing tokens."""
+        return tuple(name for group in self.groups for name in group.names)
+
+    @property
+    def description(self) -> str:
+        """The names, for messages."""
+        return ", ".join(self.names)
+
+    @property
+    def key(self) -> str:
+        """The owner key of the first name."""
+        return self.groups[0].key
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Where releases are published: every name's own channel."""
+        return tuple(channel for group in self.groups for channel in group.channels)
+
+    @property
+    def exclusive(self) -> bool:
+        """Always: a holder of a name excludes everyone else."""
+        return True
+
+    async def acquire(
+        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
+    ) -> Grant:
+        """Take every group in order; at a refusal, give back the groups taken."""
+        fences: list[int] = []
+        for taken, group in enumerate(self.groups):
+            grant = await group.acquire(client, token, ttl_ms, waiter, place)
+            if not grant.acquired:
+                # No hold-and-wait. Given back without a tombstone: the next try,
+                # with the same token, must be able to take them again.
+                await asyncio.gather(
+                    *(done.give_back(client, token) for done in self.groups[:taken])
+                )
+                return grant
+            fences += grant.fencing_tokens
+        return Grant(True, tuple(fences))
+
+    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
+        """Extend every group; the lease holds only if ``token`` still holds them all."""
+        extended = await asyncio.gather(*(g.extend(client, token, ttl_ms) for g in self.groups))
+        return all(extended)
+
+    async def release(self, client: Any, token: str) -> bool:
+        """Release every group; report whether ``token`` held them all."""
+        released = await asyncio.gather(*(g.release(client, token) for g in self.groups))
+        return all(released)
+
+    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
+        """Release: groups on several shards cannot change hands in one step."""
+        return HandOver(await self.release(client, token), None)
+
+    async def leave_line(self, client: Any, waiter: str) -> None:
+        """Give up ``waiter``'s place in the line of every name."""
+        await asyncio.gather(*(group.leave_line(client, waiter) for group in self.groups))
+
+    async def locked(self, client: Any) -> bool:
+        """Report whether any of the names is held by anyone."""
+        return any(await asyncio.gather(*(group.locked(client) for group in self.groups)))

@@ -194,6 +194,14 @@ class NamedLocks:
         fences = tuple(map(int, reply[1:])) or None
         return HandOver(int(reply[0]) == len(self.names), fences)
 
+    async def give_back(self, client: Any, token: str) -> int:
+        """Free the names ``token`` holds without a tombstone; return how many.
+
+        For a lock that took these names and must let them go before trying again
+        with the same token, which a tombstone would refuse (see ``SlotGroups``).
+        """
+        return int(await _scripts.FORCE_RELEASE(client, self.keys, (token,)))
+
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Give up ``waiter``'s place in the line of every name."""
         async with client.pipeline(transaction=False) as pipe:

@@ -398,7 +398,8 @@ class ShardedNotifier:
 
     A release is published (``SPUBLISH``) on the node that owns the lock's slot, so a
     waiter subscribes there, on a connection of its own to that node made on first
-    need. The names of one lock share a slot, so one node serves each wait.
+    need: one node for the names of one slot, each name's own for a MultiLock across
+    slots.
     """
 
     def __init__(self, client: Any) -> None:
@@ -431,10 +432,17 @@ class ShardedNotifier:
         return notifier
 
     async def watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
-        """Have ``event`` set by releases on ``channels``, once their node confirms."""
-        notifier = self._node_notifier(channels[0])
-        if notifier is not None:  # else the waiter re-checks by polling
-            await notifier.watch(channels, event)
+        """Have ``event`` set by releases on ``channels``, once their nodes confirm."""
+        by_node: dict[Notifier, list[str]] = {}
+        for channel in channels:
+            notifier = self._node_notifier(channel)
+            if notifier is not None:  # else the waiter re-checks by polling
+                by_node.setdefault(notifier, []).append(channel)
+        if len(by_node) == 1:  # the names of one slot: the usual case
+            notifier, on_node = next(iter(by_node.items()))
+            await notifier.watch(tuple(on_node), event)
+        elif by_node:  # a MultiLock across slots
+            await asyncio.gather(*(n.watch(tuple(c), event) for n, c in by_node.items()))
 
     def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         """Stop setting ``event``, on whichever node it was watching."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import LinearBackoff, LockEvent, MultiLock, Mutex, Semaphore, subscribe
+from asynclock import LinearBackoff, LockEvent, LockLost, MultiLock, Mutex, Semaphore, subscribe
 from asynclock._names import fence_key, owner_key
 from asynclock._notify import ShardedNotifier, notifier_for
 from asynclock._server import LocalCluster, find_server_binary, server_version
@@ -81,8 +81,6 @@ async def test_mutex_on_redis_cluster(cluster_port: int) -> None:
 async def test_multilock_and_semaphore_on_redis_cluster(cluster_port: int) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster_port)
     try:
-        with pytest.raises(ValueError, match="hash tag"):
-            MultiLock(client, ["account:1", "account:2"])
         names = ["{account:7}:debit", "{account:7}:credit"]
         async with MultiLock(client, names) as lease:
             assert set(lease.fencing_tokens) == set(names)
@@ -281,3 +279,76 @@ async def test_a_cluster_waiter_gets_a_released_lock_on_any_server_version(
             assert notifier is None
     finally:
         await other.aclose()
+
+
+async def test_a_multilock_across_slots_holds_every_name_with_a_token_each(
+    cluster: RedisCluster,
+) -> None:
+    names = names_on_every_node(cluster)
+    lock = MultiLock(cluster, list(reversed(names)), ttl=5)
+    async with lock as lease:
+        assert set(lease.fencing_tokens) == set(names)
+        assert lock.names == tuple(reversed(names))  # as given
+        for name in names:
+            assert await cluster.get(owner_key("asynclock:", name)) == lease.token.encode()
+            assert not await Mutex(cluster, name).acquire(blocking=False)
+        await lease.extend()
+    for name in names:
+        assert not await cluster.exists(owner_key("asynclock:", name))
+
+
+async def test_a_multilock_refused_by_a_later_slot_gives_back_the_earlier_ones(
+    cluster: RedisCluster,
+) -> None:
+    names = names_on_every_node(cluster)
+    ordered = sorted(names, key=lambda name: cluster.keyslot(owner_key("asynclock:", name)))
+    last = Mutex(cluster, ordered[-1], ttl=30)
+    assert await last.acquire()
+    lock = MultiLock(cluster, names, ttl=30)
+    assert not await lock.acquire(blocking=False)
+    for name in ordered[:-1]:  # taken, then given back
+        assert not await cluster.exists(owner_key("asynclock:", name))
+    # A blocking acquire keeps its token from try to try: giving back leaves no
+    # tombstone that would refuse its next try.
+    waiting = asyncio.create_task(lock.acquire(timeout=10))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    assert not await Mutex(cluster, ordered[0]).locked()  # nothing held while it waits
+    await last.release()
+    assert await asyncio.wait_for(waiting, 5)
+    assert set(lock.fencing_tokens) == set(names)
+    await lock.release()
+
+
+async def test_a_multilock_across_slots_is_lost_when_one_slot_is(cluster: RedisCluster) -> None:
+    names = names_on_every_node(cluster)
+    lock = MultiLock(cluster, names, ttl=1.5)
+    with pytest.raises(LockLost):
+        async with lock:
+            await asyncio.sleep(1.2)  # extended on every node meanwhile
+            for name in names:
+                assert await cluster.pttl(owner_key("asynclock:", name)) > 500
+            await cluster.delete(owner_key("asynclock:", names[1]))
+            await asyncio.sleep(3)  # cancelled by the loss at the next extension
+    for name in names:
+        assert not await cluster.exists(owner_key("asynclock:", name))
+
+
+def test_multilocks_across_slots_and_processes_never_overlap_on_any_name(
+    cluster_port: int, tmp_path: Path
+) -> None:
+    names = ["m1", "m2", "m3", "m4", "m5"]  # over several slots and nodes
+    outputs = [tmp_path / f"worker-{n}.jsonl" for n in range(3)]
+    url = f"cluster+redis://127.0.0.1:{cluster_port}/0"
+    command = [sys.executable, str(HERE / "contender.py"), url, ",".join(names)]
+    workers = [subprocess.Popen([*command, "5", "10", str(out)]) for out in outputs]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+    records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
+    assert len(records) == 3 * 5 * 10
+    for name in names:
+        holding = [record for record in records if name in record["fences"]]
+        assert holding, name
+        assert overlaps(holding) == []
+        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
+        assert fences == sorted(set(fences))

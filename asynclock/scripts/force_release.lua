@@ -1,5 +1,7 @@
 -- Free the names that a holder's token holds, as an operator does (the command line's
--- `release --force`); leave any other holder alone.
+-- `release --force`); leave any other holder alone. A MultiLock across cluster slots
+-- also runs it, to give back the slots it took before a later one refused it: it
+-- tries again with the same token, which a tombstone would refuse.
 --
 -- KEYS: five keys per name, as in acquire.lua: owner, fence, line, alive, tombstone
 -- ARGV[1]: the holder's token
