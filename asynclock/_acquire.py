@@ -49,6 +49,7 @@ from ._queue import (
 )
 from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
 from ._retry import DEFAULT_RETRY, RetryStrategy
+from ._scripts import acknowledged_by
 from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
 
 # With notifications, how often a waiter tries at least (a lost message, or a holder
@@ -326,15 +327,17 @@ class Acquisition:
         sent = time.monotonic()
         self.in_flight = True
         if queue is None:
-            grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
+            with acknowledged_by(policy.replica_wait):
+                grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
         else:
             # With the process's id: if refused, it stands in the lock's line, so that
             # a release wakes it in its turn.
             place = queue.place_on_success()
             try:
-                grant = await resource.acquire(
-                    client, self.token, policy.ttl_ms, queue.notifier.id, place
-                )
+                with acknowledged_by(policy.replica_wait):
+                    grant = await resource.acquire(
+                        client, self.token, policy.ttl_ms, queue.notifier.id, place
+                    )
             except BaseException:
                 queue.in_line = True  # it may have been put in line: leave it
                 raise
@@ -356,15 +359,17 @@ class Acquisition:
         A release by a coroutine of this process may hand the lock straight to us
         (the head of the process's queue); any other wakes us to try again.
         """
-        offer = Offer(self.token, self._policy.ttl_ms)
+        # No offer when replicas must acknowledge the acquire: a hand-over grants the
+        # lock in the releaser's script call, which waits for nobody's replicas.
+        offer = None if self._policy.replica_wait else Offer(self.token, self._policy.ttl_ms)
         try:
             await queue.wait_for_release(offer, timeout)
         finally:
             # A release may be handing over to this token: remembered beyond this wait
             # (and whatever ends it), since its command may reach the server after
             # our next try. No release can claim the offer once it is withdrawn.
-            self.maybe_handed = self.maybe_handed or offer.claimed
-        if offer.granted is None:
+            self.maybe_handed = self.maybe_handed or (offer is not None and offer.claimed)
+        if offer is None or offer.granted is None:
             # Not handed over (yet): if a hand-over is under way, or its reply was
             # lost, the next try with the same token finds the lock ours.
             return None

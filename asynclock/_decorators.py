@@ -56,6 +56,8 @@ def locked(
     hold_at_most: float | None = None,
     extend_interval: float | None = None,
     retry: RetryStrategy | None = None,
+    replicas: int = 0,
+    replica_timeout: float = 1.0,
     prefix: str = DEFAULT_PREFIX,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]: ...
 
@@ -73,6 +75,8 @@ def locked(
     hold_at_most: float | None = None,
     extend_interval: float | None = None,
     retry: RetryStrategy | None = None,
+    replicas: int = 0,
+    replica_timeout: float = 1.0,
     prefix: str = DEFAULT_PREFIX,
 ) -> Callable[
     [Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R | None]]
@@ -91,6 +95,8 @@ def locked(
     hold_at_most: float | None = None,
     extend_interval: float | None = None,
     retry: RetryStrategy | None = None,
+    replicas: int = 0,
+    replica_timeout: float = 1.0,
     prefix: str = DEFAULT_PREFIX,
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R | None]]]:
     """Decorate a coroutine function (or method) to run under a distributed lock.
@@ -116,6 +122,9 @@ def locked(
         wedged call is cancelled with ``LockLost`` after it
     :param extend_interval: seconds between extensions (default ``ttl / 3``)
     :param retry: how a waiting call retries
+    :param replicas: replicas that must acknowledge each acquire and extension
+        (see :class:`~asynclock.Mutex`)
+    :param replica_timeout: how long to wait for them, in seconds
     :param prefix: the key prefix
     :raises TypeError: at decoration, if the function is not a coroutine function or an
         argument has the wrong type
@@ -129,7 +138,12 @@ def locked(
         raise TypeError(f"skip_if_locked must be a bool, not {type(skip_if_locked).__name__}")
     # Check every lock option now, at decoration, not at the first call.
     LeasePolicy.build(
-        ttl=ttl, extend_interval=extend_interval, max_hold=hold_at_most, hold_at_least=hold_at_least
+        ttl=ttl,
+        extend_interval=extend_interval,
+        max_hold=hold_at_most,
+        hold_at_least=hold_at_least,
+        replicas=replicas,
+        replica_timeout=replica_timeout,
     )
     check_optional_seconds(timeout, "timeout")
     check_prefix(prefix)
@@ -161,6 +175,8 @@ def locked(
                 "max_hold": hold_at_most,
                 "hold_at_least": hold_at_least,
                 "retry": retry,
+                "replicas": replicas,
+                "replica_timeout": replica_timeout,
                 "prefix": prefix,
             }
             lock: LeaseLock

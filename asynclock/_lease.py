@@ -33,6 +33,7 @@ from ._resource import (
     release_by_token,
     shorten_by_token,
 )
+from ._scripts import acknowledged_by
 from ._timing import (
     LeasePolicy,
     OnLost,
@@ -205,7 +206,8 @@ class Lease:
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline - sent):
-                ok = await self._resource.extend(self._client, self.token, self._policy.ttl_ms)
+                with acknowledged_by(self._policy.replica_wait):
+                    ok = await self._resource.extend(self._client, self.token, self._policy.ttl_ms)
         except (TimeoutError, *BACKEND_ERRORS) as exc:
             raise LockBackendError(self.name, "extend", exc) from exc
         if not ok:
@@ -388,7 +390,8 @@ class Lease:
             cut_off = min(cut_off, self._hold_limit)
         try:
             async with asyncio.timeout(cut_off - sent):
-                ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
+                with acknowledged_by(policy.replica_wait):
+                    ok = await self._resource.extend(self._client, self.token, policy.ttl_ms)
         except Exception as exc:  # any failure: retry until the deadline decides
             # Not only Redis errors: a cluster client's routing errors, or a bug, must
             # not end the watchdog silently, or the deadline would never be kept.

@@ -45,6 +45,8 @@ class LockOptions(TypedDict, total=False):
     retry: RetryStrategy | None
     on_lost: OnLost | None
     hold_at_least: float | None
+    replicas: int
+    replica_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ class LeaseLock:
         retry: RetryStrategy | None = None,
         on_lost: OnLost | None = None,
         hold_at_least: float | None = None,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         check_client(client)
         self._client = client
@@ -120,6 +124,8 @@ class LeaseLock:
             max_hold=max_hold,
             on_lost=on_lost,
             hold_at_least=hold_at_least,
+            replicas=replicas,
+            replica_timeout=replica_timeout,
         )
         self._timeout = check_optional_seconds(timeout, "timeout")
         if not isinstance(blocking, bool):

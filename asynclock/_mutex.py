@@ -56,6 +56,13 @@ class Mutex(LeaseLock):
         even when the body finishes earlier (the release then shortens the TTL to what
         is left instead of deleting the key), so that a short scheduled job runs once
         per tick even when replicas' schedulers fire it at slightly different times
+    :param replicas: how many replicas must acknowledge each acquire and extension
+        (``WAIT``, on the same connection) before it counts: too few within
+        ``replica_timeout`` and the acquire raises ``LockBackendError`` (after giving
+        the lock back), an extension counts as failed; default 0, no waiting. It
+        narrows what a failover can lose (README, *Replicas and failover*)
+    :param replica_timeout: how long to wait for those replicas, in seconds (default
+        1.0; shorter than ``extend_interval``)
     :param prefix: prepended to every key (default ``"asynclock:"``); keeps
         applications apart on a shared server; must not contain braces
     :raises TypeError: an argument has the wrong type (checked before any command)

@@ -169,8 +169,9 @@ class LocalQueue:
             await self.notifier.watch(self.channels, self.event)
             self._watching = True
 
-    async def wait_for_release(self, offer: Offer, timeout: float) -> None:
-        """Wait up to ``timeout`` for a release, offering to take the lock from it.
+    async def wait_for_release(self, offer: Offer | None, timeout: float) -> None:
+        """Wait up to ``timeout`` for a release, offering to take the lock from it
+        (unless ``offer`` is ``None``: then a release of this process only wakes it).
 
         Returns when a release notification comes, a release of this process wakes
         the head (``offer.granted`` tells whether it handed the lock over), or the

@@ -13,22 +13,62 @@ through ``execute_command``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # hiredis older than 2.1: redis-py packs
     _hiredis_pack = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """How many replicas must acknowledge a lease's writes, and how long to wait.
+
+    :ivar replicas: the replicas that must acknowledge (``WAIT``'s first argument)
+    :ivar timeout_ms: how long to wait for them, in milliseconds (at least 1: ``WAIT``
+        with 0 waits for ever)
+    """
+
+    replicas: int
+    timeout_ms: int
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas acknowledged a script's writes than the lock asks for."""
+
+
+# The replica acknowledgement that granting scripts (acquire, extend) run now must
+# get: set by the lease lifecycle around those calls only (see acknowledged_by), so
+# that releases, reads and the resources' own code need not carry it.
+_ACKNOWLEDGED_BY: ContextVar[ReplicaWait | None] = ContextVar("asynclock_replicas", default=None)
+
+
+@contextlib.contextmanager
+def acknowledged_by(wait: ReplicaWait | None) -> Iterator[None]:
+    """Have the granting scripts called inside wait for ``wait``'s replicas (or not)."""
+    if wait is None:
+        yield
+        return
+    token = _ACKNOWLEDGED_BY.set(wait)
+    try:
+        yield
+    finally:
+        _ACKNOWLEDGED_BY.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +85,9 @@ class Script:
 
     name: str
     source: str
+    #: Whether it grants or renews a lease: under :func:`acknowledged_by`, its writes
+    #: must then reach the replicas asked for.
+    grants: bool = False
     sha: str = field(init=False)
     #: The variant for cluster clients (itself if the script publishes nothing).
     sharded: Script = field(init=False, repr=False, compare=False)
@@ -52,11 +95,11 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
         sharded = self.source.replace(_PUBLISH, _SPUBLISH)
-        variant = self if sharded == self.source else Script(self.name, sharded)
+        variant = self if sharded == self.source else Script(self.name, sharded, self.grants)
         object.__setattr__(self, "sharded", variant)
 
     @classmethod
-    def load(cls, name: str, *, after: tuple[str, ...] = ()) -> Script:
+    def load(cls, name: str, *, after: tuple[str, ...] = (), grants: bool = False) -> Script:
         """Read ``scripts/<name>.lua`` from the package, after the scripts ``after``.
 
         Redis runs a script as one text, so code shared by several scripts (such as
@@ -64,16 +107,54 @@ class Script:
         """
         folder = resources.files(__package__).joinpath("scripts")
         parts = [folder.joinpath(f"{part}.lua").read_text() for part in (*after, name)]
-        return cls(name, "\n".join(parts))
+        return cls(name, "\n".join(parts), grants)
 
     async def __call__(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Run the script on ``client`` with ``keys`` and ``args``; return its reply."""
+        """Run the script on ``client`` with ``keys`` and ``args``; return its reply.
+
+        :raises NotReplicated: under :func:`acknowledged_by`, a granting script's
+            writes did not reach enough replicas in time
+        """
+        if self.grants:
+            wait = _ACKNOWLEDGED_BY.get()
+            if wait is not None:
+                return await self._run_and_wait(client, keys, args, wait)
         if self.sharded is not self and is_cluster(client):
             return await self.sharded(client, keys, args)
         try:
             return await run_command(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+    async def _run_and_wait(
+        self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...], wait: ReplicaWait
+    ) -> Any:
+        """Run the script, then ``WAIT`` for the replicas, on one connection.
+
+        ``WAIT`` counts the writes of its own connection, so both go in one pipeline
+        (not a transaction): to the node of the keys, on a cluster.
+        """
+        script = self.sharded if is_cluster(client) else self
+        target = _node_client(client, keys[0]) if is_cluster(client) else client
+        for attempt in range(2):
+            async with target.pipeline(transaction=False) as pipe:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                reply, acknowledged = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 0:
+                await target.script_load(script.source)  # then once more, by SHA
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acknowledged, Exception):
+                raise acknowledged
+            if int(acknowledged) < wait.replicas:
+                raise NotReplicated(
+                    f"{acknowledged} of {wait.replicas} replicas acknowledged the {self.name}"
+                    f" within {wait.timeout_ms} ms"
+                )
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 # How the scripts publish a release, and how they do on a cluster. `pcall`: a server
@@ -86,6 +167,23 @@ _SPUBLISH = "redis.pcall('SPUBLISH', "
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a Redis Cluster client (which routes commands by key)."""
     return isinstance(client, RedisCluster)
+
+
+# Per cluster client, a plain client of each node it ran replicated scripts on.
+_node_clients: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _node_client(cluster: Any, key: str) -> Any:
+    """A client of the node that owns ``key``: a pipeline there is one connection."""
+    node = cluster.get_node_from_key(key)
+    clients = _node_clients.setdefault(cluster, {})
+    client = clients.get(node.name)
+    if client is None:
+        pool = redis.ConnectionPool(
+            connection_class=node.connection_class, **node.connection_kwargs
+        )
+        client = clients[node.name] = redis.Redis(connection_pool=pool)
+    return client
 
 
 async def run_command(client: Any, *command: Any) -> Any:
@@ -166,12 +264,12 @@ def _takes_command_name(pool_type: type[Any]) -> bool:
 # Every script of the package, one per method of a Resource (asynclock/_resource.py):
 # NamedLocks (asynclock/_names.py) runs the first four, SemaphorePermits
 # (asynclock/_semaphore.py) the others. Each that uses common.lua gets it in front.
-ACQUIRE = Script.load("acquire", after=("common",))
-EXTEND = Script.load("extend")
+ACQUIRE = Script.load("acquire", after=("common",), grants=True)
+EXTEND = Script.load("extend", grants=True)
 RELEASE = Script.load("release", after=("common",))
 HAND_OVER = Script.load("hand_over", after=("common",))
-SEMAPHORE_ACQUIRE = Script.load("semaphore_acquire", after=("common",))
-SEMAPHORE_EXTEND = Script.load("semaphore_extend", after=("common",))
+SEMAPHORE_ACQUIRE = Script.load("semaphore_acquire", after=("common",), grants=True)
+SEMAPHORE_EXTEND = Script.load("semaphore_extend", after=("common",), grants=True)
 SEMAPHORE_RELEASE = Script.load("semaphore_release", after=("common",))
 SEMAPHORE_INSPECT = Script.load("semaphore_inspect", after=("common",))
 # What an operator's forced release runs (asynclock/_admin.py): no tombstone.

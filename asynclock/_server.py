@@ -177,7 +177,8 @@ CLUSTER_SLOTS = 16384
 
 
 class LocalCluster:
-    """A Redis Cluster of private servers on 127.0.0.1: primaries, slots split evenly.
+    """A Redis Cluster of private servers on 127.0.0.1: primaries with the slots split
+    evenly, and ``replicas`` replicas of each.
 
     ::
 
@@ -185,22 +186,32 @@ class LocalCluster:
             client = redis.asyncio.RedisCluster.from_url(cluster.url)
     """
 
-    def __init__(self, primaries: int = 3, binary: str | None = None) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 0, binary: str | None = None) -> None:
         self.binary = binary or find_server_binary()
-        #: The servers, one per primary, in slot order.
+        #: The primaries' servers, in slot order.
         self.servers: list[RedisServer] = []
-        self._primaries = primaries
-        self._buses: list[int] = []
+        #: Each primary's replicas (``replicas`` each), in the order of :attr:`servers`.
+        self.replicas: list[list[RedisServer]] = []
+        self._buses: dict[int, int] = {}  # cluster bus port, by port
         for _ in range(primaries):
-            server = RedisServer(binary=self.binary, args=("--cluster-enabled", "yes"))
-            if server.version >= (7, 0):
-                # An explicit bus port: the default (port + 10000) overflows high ports.
-                self._buses.append(free_port())
-                server.args += ("--cluster-port", str(self._buses[-1]))
-            else:  # 6.2 has only the default: a port whose port + 10000 is free too
-                server.port = _port_with_free_bus()
-                self._buses.append(server.port + 10000)
-            self.servers.append(server)
+            self.servers.append(self._node())
+            self.replicas.append([self._node() for _ in range(replicas)])
+
+    def _node(self) -> RedisServer:
+        server = RedisServer(binary=self.binary, args=("--cluster-enabled", "yes"))
+        if server.version >= (7, 0):
+            # An explicit bus port: the default (port + 10000) overflows high ports.
+            self._buses[server.port] = free_port()
+            server.args += ("--cluster-port", str(self._buses[server.port]))
+        else:  # 6.2 has only the default: a port whose port + 10000 is free too
+            server.port = _port_with_free_bus()
+            self._buses[server.port] = server.port + 10000
+        return server
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        """Every server, primaries first."""
+        return [*self.servers, *(replica for group in self.replicas for replica in group)]
 
     @property
     def url(self) -> str:
@@ -208,9 +219,9 @@ class LocalCluster:
         return self.servers[0].url
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node, give each its share of the slots, wait until they agree."""
+        """Start every node, give each primary its slots, wait until they all agree."""
         try:
-            for server in self.servers:
+            for server in self.nodes:
                 server.start()
             self._form(timeout)
         except BaseException:
@@ -218,29 +229,51 @@ class LocalCluster:
             raise
 
     def _form(self, timeout: float) -> None:
-        clients: list[Any] = [
-            redis.Redis(host="127.0.0.1", port=server.port) for server in self.servers
-        ]
+        clients: dict[int, Any] = {
+            server.port: redis.Redis(host="127.0.0.1", port=server.port) for server in self.nodes
+        }
         try:
-            share = CLUSTER_SLOTS // len(clients)
-            for n, client in enumerate(clients):
-                last = CLUSTER_SLOTS - 1 if n == len(clients) - 1 else (n + 1) * share - 1
+            first = clients[self.servers[0].port]
+            share = CLUSTER_SLOTS // len(self.servers)
+            for n, server in enumerate(self.servers):
+                last = CLUSTER_SLOTS - 1 if n == len(self.servers) - 1 else (n + 1) * share - 1
                 # ADDSLOTSRANGE is 7.0's; ADDSLOTS with every slot works from 3.0.
-                client.execute_command("CLUSTER", "ADDSLOTS", *range(n * share, last + 1))
-            for server, bus in zip(self.servers[1:], self._buses[1:], strict=True):
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", server.port, bus)
+                clients[server.port].execute_command(
+                    "CLUSTER", "ADDSLOTS", *range(n * share, last + 1)
+                )
+            for server in self.nodes[1:]:
+                first.execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", server.port, self._buses[server.port]
+                )
             deadline = time.monotonic() + timeout
-            while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster did not form")
-                time.sleep(0.1)
+            for primary, replicas in zip(self.servers, self.replicas, strict=True):
+                primary_id = clients[primary.port].execute_command("CLUSTER", "MYID")
+                for replica in replicas:
+                    # Only once the replica knows the primary (gossip) may it follow it.
+                    while True:
+                        try:
+                            clients[replica.port].execute_command(
+                                "CLUSTER", "REPLICATE", primary_id
+                            )
+                            break
+                        except redis.ResponseError:
+                            _wait_or_fail(deadline, "a replica did not find its primary")
+            while not all(
+                client.cluster("INFO")["cluster_state"] == "ok" for client in clients.values()
+            ) or not all(
+                # Online: the replicas acknowledge (WAIT answers how many do).
+                clients[primary.port].execute_command("WAIT", len(group), 100) >= len(group)
+                for primary, group in zip(self.servers, self.replicas, strict=True)
+                if group
+            ):
+                _wait_or_fail(deadline, "the cluster did not form")
         finally:
-            for client in clients:
+            for client in clients.values():
                 client.close()
 
     def stop(self) -> None:
         """Stop every node."""
-        for server in self.servers:
+        for server in self.nodes:
             server.stop()
 
     def __enter__(self) -> LocalCluster:
@@ -253,8 +286,14 @@ class LocalCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for server in self.servers:
+        for server in self.nodes:
             server.__exit__(exc_type, exc, tb)
+
+
+def _wait_or_fail(deadline: float, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise RuntimeError(what)
+    time.sleep(0.1)
 
 
 def _port_with_free_bus() -> int:

@@ -27,7 +27,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ._errors import LockLost
+from ._scripts import ReplicaWait
 from ._validate import MAX_KEEP, MIN_TTL, check_optional_seconds, check_seconds
+
+#: The most replicas a lock may ask to acknowledge its writes.
+MAX_REPLICAS: Final = 64
 
 #: A hook called with the ``LockLost`` error when a lease is lost; it may be async.
 OnLost = Callable[[LockLost], Awaitable[None] | None]
@@ -84,6 +88,8 @@ class LeasePolicy:
     :ivar on_lost: called with the ``LockLost`` error when a lease is lost
     :ivar hold_at_least: keep the lock until this long after the acquire, even if
         released earlier, or ``None``
+    :ivar replica_wait: the replicas that must acknowledge each acquire and extension,
+        and how long to wait for them, or ``None`` (no waiting)
     :ivar ttl_ms: the TTL in whole milliseconds, rounded up so the server never holds
         less (computed once: every acquire sends it)
     """
@@ -94,6 +100,7 @@ class LeasePolicy:
     max_hold: float | None
     on_lost: OnLost | None
     hold_at_least: float | None = None
+    replica_wait: ReplicaWait | None = None
     ttl_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +115,8 @@ class LeasePolicy:
         max_hold: object = None,
         on_lost: object = None,
         hold_at_least: object = None,
+        replicas: object = 0,
+        replica_timeout: object = 1.0,
     ) -> LeasePolicy:
         """Validate the arguments and return the policy they describe."""
         checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL, maximum=MAX_KEEP)
@@ -142,4 +151,24 @@ class LeasePolicy:
             max_hold=checked_max_hold,
             on_lost=on_lost,  # checked callable above
             hold_at_least=least,
+            replica_wait=_replica_wait(replicas, replica_timeout, interval),
         )
+
+
+def _replica_wait(replicas: object, timeout: object, extend_interval: float) -> ReplicaWait | None:
+    """The replica acknowledgement asked for, checked; ``None`` for none."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(f"replicas must be an int, not {type(replicas).__name__}")
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be from 0 to {MAX_REPLICAS}, not {replicas}")
+    seconds = check_seconds(timeout, "replica_timeout")
+    if not replicas:
+        return None
+    # Each extension waits for the replicas too: the wait must end before the next
+    # extension is due, or extensions would queue behind each other.
+    if seconds >= extend_interval:
+        raise ValueError(
+            f"replica_timeout ({seconds} s) must be shorter than the extension interval"
+            f" ({extend_interval:.4g} s, a third of the ttl by default)"
+        )
+    return ReplicaWait(replicas, max(1, math.ceil(seconds * 1000)))
