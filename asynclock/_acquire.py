@@ -47,7 +47,15 @@ from ._queue import (
     enter_queue,
     first_try,
 )
-from ._resource import BACKEND_ERRORS, Grant, Resource, clean_up, release_by_token
+from ._resource import (
+    BACKEND_ERRORS,
+    Grant,
+    Resource,
+    clean_up,
+    is_transient,
+    release_by_token,
+    retries_commands,
+)
 from ._retry import DEFAULT_RETRY, RetryStrategy
 from ._scripts import acknowledged_by
 from ._timing import LeasePolicy, bounded_release_timeout, lease_deadline
@@ -74,6 +82,10 @@ async def _until(moment: float) -> None:
         await asyncio.sleep(left + 0.001)  # a whole millisecond more: never short again
 
 
+#: The answer of a try that got none (a transient failure ridden out): refused.
+_NO_ANSWER: Final = Grant(False, ())
+
+
 def _new_token() -> str:
     return os.urandom(16).hex()  # what secrets.token_hex(16) returns, with fewer calls
 
@@ -88,19 +100,24 @@ class Acquisition:
     :ivar maybe_handed: a release of this process claimed a hand-over to ``token``:
         the lock may be held under it even if we never heard of it
     :ivar handed_over: the lease came by a hand-over from a release of this process
+    :ivar outage: the transient error of the latest try, while riding one out (see
+        :meth:`run`); ``None`` once a try got an answer
     """
 
     __slots__ = (
+        "_blocking",
         "_cancels",
         "_client",
         "_delays",
         "_notifier",
         "_policy",
         "_resource",
+        "_rides_out",
         "_task",
         "handed_over",
         "in_flight",
         "maybe_handed",
+        "outage",
         "token",
     )
 
@@ -121,6 +138,9 @@ class Acquisition:
         self.in_flight = False
         self.maybe_handed = False
         self.handed_over = False
+        self.outage: BaseException | None = None
+        self._rides_out = False  # set by run(): a wait with a deadline, a retrying client
+        self._blocking = blocking
         # Without one (not blocking, or a client without a usable pub/sub), it polls.
         self._notifier = notifier if blocking else None
         self._delays: Iterator[float]
@@ -147,6 +167,13 @@ class Acquisition:
         Whatever ends the call short of a lease, nothing stays held: a try whose
         command may have reached the server is released by token.
 
+        A wait with a deadline rides out a failover or a restart: a try that fails
+        with a transient error (:func:`~asynclock._resource.is_transient`) counts as
+        refused, and the wait goes on, trying again at its usual pace, keeping its
+        token (an acquire that reached the server is found ours by the next try). If
+        the deadline comes while the server is still failing, that error is raised.
+        Not when the client was given a retry policy that retries nothing.
+
         :param wait_limit: the longest the call waits, ``None`` for no limit
         :param task: the calling task, if the caller has it at hand
         :raises LockBackendError: a command failed; released by token first
@@ -156,6 +183,9 @@ class Acquisition:
             task = asyncio.current_task()
             assert task is not None  # called from a task
         self._task, self._cancels = task, task.cancelling()
+        self._rides_out = (
+            self._blocking and wait_limit is not None and retries_commands(self._client)
+        )
         scope = None if wait_limit is None else asyncio.timeout(wait_limit)
         started = time.monotonic()
         try:
@@ -174,6 +204,10 @@ class Acquisition:
             if self.may_hold:
                 clean = clean_up(self._resource, self._client, self.token, self._abandon_timeout())
                 spawn(clean, f"cleaning up lock {self._resource.description!r}")
+            if self.outage is not None:  # the server was still failing at the deadline
+                raise LockBackendError(
+                    self._resource.description, "acquire", self.outage
+                ) from self.outage
             assert wait_limit is not None  # the scope was set
             await _until(started + wait_limit)
             return None
@@ -192,7 +226,18 @@ class Acquisition:
             # The strategy gave up while a hand-over to our token may still reach the
             # server: its tombstone refuses the hand-over, or this frees what it gave.
             await self._abandon()
+        if lease is None and self.outage is not None:
+            raise LockBackendError(
+                self._resource.description, "acquire", self.outage
+            ) from self.outage
         return lease
+
+    def _rides_out_failure(self, error: BaseException) -> bool:
+        """Whether to count a try that failed with ``error`` as refused, and wait on."""
+        if not (self._rides_out and is_transient(error)):
+            return False
+        self.outage = error
+        return True
 
     async def _tries(self) -> Lease | None:
         """Try, wait and retry; :meth:`run` bounds it with the wait's deadline."""
@@ -271,7 +316,12 @@ class Acquisition:
         # shows in the read below or sets the event anew. A release between the try
         # and the subscription was published to nobody: the read sees it.
         queue.event.clear()
-        free = not await self._resource.locked(self._client)
+        try:
+            free = not await self._resource.locked(self._client)
+        except BACKEND_ERRORS as exc:
+            if not self._rides_out_failure(exc):
+                raise
+            free = False
         self._raise_if_cancelled()
         while True:
             if not free:
@@ -326,22 +376,31 @@ class Acquisition:
         resource, client, policy = self._resource, self._client, self._policy
         sent = time.monotonic()
         self.in_flight = True
-        if queue is None:
-            with acknowledged_by(policy.replica_wait):
-                grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
-        else:
-            # With the process's id: if refused, it stands in the lock's line, so that
-            # a release wakes it in its turn.
-            place = queue.place_on_success()
-            try:
+        try:
+            if queue is None:
                 with acknowledged_by(policy.replica_wait):
-                    grant = await resource.acquire(
-                        client, self.token, policy.ttl_ms, queue.notifier.id, place
-                    )
-            except BaseException:
-                queue.in_line = True  # it may have been put in line: leave it
+                    grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
+            else:
+                # With the process's id: if refused, it stands in the lock's line, so
+                # that a release wakes it in its turn.
+                place = queue.place_on_success()
+                try:
+                    with acknowledged_by(policy.replica_wait):
+                        grant = await resource.acquire(
+                            client, self.token, policy.ttl_ms, queue.notifier.id, place
+                        )
+                except BaseException:
+                    queue.in_line = True  # it may have been put in line: leave it
+                    raise
+                queue.tried(grant.acquired, place)
+        except BACKEND_ERRORS as exc:
+            if not self._rides_out_failure(exc):
                 raise
-            queue.tried(grant.acquired, place)
+            # Still in flight: whatever the command did, the next try with the same
+            # token finds it, or the end of the wait releases by token.
+            self._raise_if_cancelled()
+            return None, _NO_ANSWER
+        self.outage = None
         self._raise_if_cancelled()  # still in flight: a grant is released by token
         self.in_flight = False
         if not grant.acquired:

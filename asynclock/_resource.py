@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, NamedTuple, Protocol
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import within
 from ._errors import LockBackendError
@@ -25,6 +34,41 @@ _log = logging.getLogger("asynclock")
 #: What a failing Redis call raises: redis-py's errors (a cluster client's routing
 #: errors are not RedisError) and the OS's socket errors.
 BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may pass by itself: what a failover or a restart raises.
+
+    A connection refused, cut or timed out; a cluster without a node for the slot yet
+    (and a cluster client that could reach no node), or a slot in migration; a
+    demoted primary refusing writes. Not a refused password, a missing permission, a
+    bad reply, or too few replicas acknowledging (a deployment's settings).
+    """
+    if isinstance(error, AuthenticationError):
+        return False
+    transient = (
+        RedisConnectionError,
+        RedisTimeoutError,
+        ClusterDownError,
+        TryAgainError,
+        ReadOnlyError,
+        ConnectionError,  # the OS's: refused, reset
+        RedisClusterException,  # "Redis Cluster cannot be connected"
+    )
+    return isinstance(error, transient)
+
+
+def retries_commands(client: Any) -> bool:
+    """Whether ``client`` may retry a failed command: not if its retry policy, given
+    explicitly, retries nothing (``Retry(NoBackoff(), 0)``): it wants errors now.
+    """
+    retry = getattr(client, "retry", None)  # cluster clients
+    if retry is None and hasattr(client, "get_retry"):
+        retry = client.get_retry()
+    if retry is None:
+        return True  # the library's default
+    count = retry.get_retries() if hasattr(retry, "get_retries") else getattr(retry, "_retries", 1)
+    return bool(count)
 
 
 class Place(StrEnum):

@@ -102,3 +102,63 @@ async def test_a_server_restart_loses_the_lock_and_the_client_recovers(
         assert lock.owned
     assert not await lock.locked()
     await client.aclose()
+
+
+async def test_a_waiter_with_a_deadline_rides_out_a_restart(own_server: RedisServer) -> None:
+    client = redis.Redis.from_url(own_server.url)  # redis-py's default retry policy
+    try:
+        assert await Mutex(client, "ride", ttl=30).acquire()
+        assert await Semaphore(client, "ride-sem", limit=1, ttl=30).acquire()
+        waiters = [
+            asyncio.create_task(Mutex(client, "ride").acquire(timeout=15)),
+            asyncio.create_task(Semaphore(client, "ride-sem", limit=1).acquire(timeout=15)),
+        ]
+        await asyncio.sleep(0.3)
+        own_server.kill()  # the holder's lock dies with the server
+        await asyncio.sleep(1.5)  # the waiters' tries fail meanwhile
+        assert not any(waiter.done() for waiter in waiters)
+        own_server.start()
+        back = time.monotonic()
+        assert await asyncio.wait_for(asyncio.gather(*waiters), 10) == [True, True]
+        assert time.monotonic() - back < 2  # at their next re-check
+    finally:
+        await client.aclose()
+
+
+async def test_a_waiter_raises_the_outage_when_its_deadline_passes(
+    own_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(own_server.url)
+    try:
+        holder = Mutex(client, "down", ttl=30)
+        assert await holder.acquire()
+        waiter = asyncio.create_task(Mutex(client, "down").acquire(timeout=1.5))
+        await asyncio.sleep(0.2)
+        own_server.kill()
+        began = time.monotonic()
+        with pytest.raises(LockBackendError) as caught:
+            await waiter
+        assert time.monotonic() - began > 1.0  # at its deadline, not at the first error
+        assert isinstance(caught.value.__cause__, RedisConnectionError)
+        # Without a deadline, or trying once, the error comes at once.
+        for blocking in (True, False):
+            began = time.monotonic()
+            with pytest.raises(LockBackendError):
+                await Mutex(client, "elsewhere").acquire(blocking)
+            assert time.monotonic() - began < 1.0
+    finally:
+        await client.aclose()
+
+
+async def test_a_client_that_retries_nothing_gets_the_error_at_once(
+    own_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(own_server.url, retry=Retry(NoBackoff(), 0))
+    try:
+        own_server.kill()
+        began = time.monotonic()
+        with pytest.raises(LockBackendError):
+            await Mutex(client, "now").acquire(timeout=5)
+        assert time.monotonic() - began < 1.0
+    finally:
+        await client.aclose()
