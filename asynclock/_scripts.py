@@ -25,8 +25,9 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, MovedError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -134,13 +135,21 @@ class Script:
         ``WAIT`` counts the writes of its own connection, so both go in one pipeline
         (not a transaction): to the node of the keys, on a cluster.
         """
-        script = self.sharded if is_cluster(client) else self
-        target = _node_client(client, keys[0]) if is_cluster(client) else client
+        cluster = is_cluster(client)
+        script = self.sharded if cluster else self
+        target = _node_client(client, keys[0]) if cluster else client
         for attempt in range(2):
-            async with target.pipeline(transaction=False) as pipe:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
-                reply, acknowledged = await pipe.execute(raise_on_error=False)
+            try:
+                async with target.pipeline(transaction=False) as pipe:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                    reply, acknowledged = await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if cluster:  # the node may be gone (a failover): map the slots anew
+                    await _refresh_slots(client)
+                raise
+            if cluster and isinstance(reply, (MovedError, ClusterDownError)):
+                await _refresh_slots(client)  # the slot moved: the next try goes there
             if isinstance(reply, NoScriptError) and attempt == 0:
                 await target.script_load(script.source)  # then once more, by SHA
                 continue
@@ -171,6 +180,18 @@ def is_cluster(client: Any) -> bool:
 
 # Per cluster client, a plain client of each node it ran replicated scripts on.
 _node_clients: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+async def _refresh_slots(cluster: Any) -> None:
+    """Have a cluster client read which node serves which slot again.
+
+    A replicated call goes to the node itself, past the cluster client's own
+    redirections, so the client never learns of a failover from it: told here.
+    """
+    try:
+        await cluster.nodes_manager.initialize()
+    except Exception:
+        return
 
 
 def _node_client(cluster: Any, key: str) -> Any:

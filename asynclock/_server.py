@@ -178,7 +178,8 @@ CLUSTER_SLOTS = 16384
 
 class LocalCluster:
     """A Redis Cluster of private servers on 127.0.0.1: primaries with the slots split
-    evenly, and ``replicas`` replicas of each.
+    evenly, and ``replicas`` replicas of each (which take over a primary that fails,
+    after ``node_timeout_ms``).
 
     ::
 
@@ -186,8 +187,19 @@ class LocalCluster:
             client = redis.asyncio.RedisCluster.from_url(cluster.url)
     """
 
-    def __init__(self, primaries: int = 3, replicas: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        binary: str | None = None,
+        node_timeout_ms: int | None = None,
+    ) -> None:
         self.binary = binary or find_server_binary()
+        # How long a node may be unreachable before it counts as failed, and a
+        # replica takes over (the server's default: 15 s).
+        self._node_args: tuple[str, ...] = ("--cluster-enabled", "yes")
+        if node_timeout_ms is not None:
+            self._node_args += ("--cluster-node-timeout", str(node_timeout_ms))
         #: The primaries' servers, in slot order.
         self.servers: list[RedisServer] = []
         #: Each primary's replicas (``replicas`` each), in the order of :attr:`servers`.
@@ -198,7 +210,7 @@ class LocalCluster:
             self.replicas.append([self._node() for _ in range(replicas)])
 
     def _node(self) -> RedisServer:
-        server = RedisServer(binary=self.binary, args=("--cluster-enabled", "yes"))
+        server = RedisServer(binary=self.binary, args=self._node_args)
         if server.version >= (7, 0):
             # An explicit bus port: the default (port + 10000) overflows high ports.
             self._buses[server.port] = free_port()
