@@ -1,0 +1,145 @@
+"""Sentinel on real servers: one primary, one replica, three sentinels on 127.0.0.1,
+clients through ``Sentinel.master_for``, and a failover while a lock is held and a
+waiter waits.
+
+With ``replicas=1`` no two holders exist across the failover: the holder's writes are
+acknowledged by the replica before they count, the waiter rides out the failover
+(its deadline is far), and it takes the lock only after the holder let it go (given
+back, or lost at its deadline), with a higher fencing token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio.sentinel import Sentinel
+
+from asynclock import LockLost, Mutex
+from asynclock._server import RedisServer, find_server_binary, free_port
+
+pytestmark = pytest.mark.slow
+
+SERVICE = "locks"
+
+
+class SentinelProcess:
+    """A sentinel on 127.0.0.1 watching ``SERVICE`` at ``primary_port``."""
+
+    def __init__(self, primary_port: int) -> None:
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="asynclock-sentinel-")
+        config = Path(self._dir) / "sentinel.conf"  # a sentinel rewrites its own
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+        )
+        self._process = subprocess.Popen(
+            [find_server_binary(), str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=self.port, socket_timeout=1) as probe:
+            while True:
+                try:
+                    probe.ping()
+                    return
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "the sentinel did not start"
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the sentinel."""
+        self._process.kill()
+        self._process.wait(5)
+
+
+@pytest.fixture
+def deployment() -> Iterator[tuple[RedisServer, RedisServer, list[int]]]:
+    """A primary, its replica and three sentinels that agree on them."""
+    with ExitStack() as stack:
+        primary = stack.enter_context(RedisServer())
+        replica = stack.enter_context(
+            RedisServer(args=("--replicaof", "127.0.0.1", str(primary.port)))
+        )
+        sentinels = [SentinelProcess(primary.port) for _ in range(3)]
+        stack.callback(lambda: [sentinel.stop() for sentinel in sentinels])
+        deadline = time.monotonic() + 30
+        with redis.Redis(port=primary.port) as client:
+            while client.wait(1, 100) < 1:  # the replica online
+                assert time.monotonic() < deadline, "the replica did not connect"
+        for sentinel in sentinels:  # each knows the replica and the other sentinels
+            with redis.Redis(port=sentinel.port) as client:
+                while True:
+                    master = client.sentinel_master(SERVICE)
+                    if master["num-slaves"] >= 1 and master["num-other-sentinels"] >= 2:
+                        break
+                    assert time.monotonic() < deadline, "the sentinels did not agree"
+                    time.sleep(0.1)
+        with redis.Redis(port=primary.port) as client:
+            # Writes reach the replica now that the sentinels are settled.
+            while not (client.set("probe", "1") and client.wait(1, 1000) >= 1):
+                assert time.monotonic() < deadline, "the replica does not acknowledge writes"
+        yield primary, replica, [sentinel.port for sentinel in sentinels]
+
+
+def role(port: int) -> str:
+    """``master`` or ``slave``: what the server at ``port`` is now."""
+    with redis.Redis(port=port) as client:
+        return str(client.info("replication")["role"])
+
+
+async def test_a_sentinel_failover_never_lets_a_second_holder_in(
+    deployment: tuple[RedisServer, RedisServer, list[int]],
+) -> None:
+    _, replica, sentinel_ports = deployment
+    sentinel = Sentinel([("127.0.0.1", port) for port in sentinel_ports], socket_timeout=1)
+    holder_client = sentinel.master_for(SERVICE)
+    waiter_client = sentinel.master_for(SERVICE)
+    try:
+        ttl = 3.0
+        holder = Mutex(holder_client, "nightly", ttl=ttl, replicas=1, replica_timeout=0.5)
+        waiter = Mutex(waiter_client, "nightly", ttl=ttl)
+        ended = None
+        outcome = "released"
+        try:
+            async with holder as lease:
+                first_token = lease.fencing_token
+                waiting = asyncio.create_task(waiter.acquire(timeout=60))
+                await asyncio.sleep(0.5)
+                assert not waiting.done()
+                with redis.Redis(port=sentinel_ports[0]) as client:
+                    client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                began = time.monotonic()
+                deadline = began + 30
+                while role(replica.port) != "master":
+                    assert time.monotonic() < deadline, "the replica was not promoted"
+                    await asyncio.sleep(0.1)
+                promoted = time.monotonic() - began
+                await asyncio.sleep(ttl)  # extensions go on, or the lease is lost
+                assert not waiting.done()  # never while the holder's body runs
+                ended = time.monotonic()
+        except LockLost:
+            outcome, ended = "lost", time.monotonic()
+        assert await asyncio.wait_for(waiting, 40)
+        acquired = time.monotonic()
+        assert acquired >= ended
+        assert waiter.fencing_token > first_token
+        await waiter.release()
+        print(
+            f"promoted after {promoted:.2f} s; the holder's lease {outcome};"
+            f" the waiter held the lock {acquired - ended:.2f} s after"
+        )
+    finally:
+        await holder_client.aclose()
+        await waiter_client.aclose()
