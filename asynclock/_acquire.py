@@ -7,8 +7,8 @@ token (``maybe_handed``). From those two, :attr:`Acquisition.may_hold` says whet
 the lock may be held under the token without our knowing, which decides the clean-up
 when the call ends in anything but a lease.
 
-Two ways to wait. Without notifications (not blocking, a cluster client, a pool of
-one connection) the call polls: try, pause from the retry strategy (never past the
+Two ways to wait. Without notifications (not blocking, a pool of one connection, a
+cluster of servers without sharded pub/sub) the call polls: try, pause from the retry strategy (never past the
 holder's TTL), try again. With them, the coroutines of this process that want the
 lock queue locally (``_queue.py``) and the head waits for a release:
 

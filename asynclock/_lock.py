@@ -57,8 +57,8 @@ class LockStatistics:
 
     :ivar held: whether this object holds a live lease (for any of its tasks)
     :ivar waiting: coroutines of this process waiting for this lock (through any
-        lock object on the same client) by notification; waiters that poll (Redis
-        Cluster clients, a pool of one connection) are not counted
+        lock object on the same client) by notification; waiters that poll (a pool
+        of one connection, a cluster of servers before Redis 7.0) are not counted
     :ivar remaining: seconds left on the lease of :attr:`~asynclock.Mutex.lease`
         (the current task's), 0 without one
     :ivar extensions: extensions of that lease so far
