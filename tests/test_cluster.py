@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import LinearBackoff, LockEvent, LockLost, MultiLock, Mutex, Semaphore, subscribe
+from asynclock import (
+    LinearBackoff,
+    LockEvent,
+    LockLost,
+    MultiLock,
+    Mutex,
+    Semaphore,
+    locked,
+    subscribe,
+)
 from asynclock._names import fence_key, owner_key
 from asynclock._notify import ShardedNotifier, notifier_for
 from asynclock._server import LocalCluster, find_server_binary, server_version
@@ -352,3 +361,24 @@ def test_multilocks_across_slots_and_processes_never_overlap_on_any_name(
         assert overlaps(holding) == []
         fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
         assert fences == sorted(set(fences))
+
+
+async def test_a_decorated_function_runs_once_at_a_time_on_a_cluster(
+    cluster: RedisCluster,
+) -> None:
+    running: dict[int, int] = {}
+    most: dict[int, int] = {}
+
+    @locked("report:{n}", client=cluster, ttl=5, timeout=20)
+    async def report(n: int) -> int:
+        running[n] = running.get(n, 0) + 1
+        most[n] = max(most.get(n, 0), running[n])
+        await asyncio.sleep(0.01)
+        running[n] -= 1
+        return n
+
+    slots = {cluster.keyslot(owner_key("asynclock:", f"report:{n}")) for n in range(3)}
+    assert len(slots) == 3  # three names, three slots
+    results = await asyncio.gather(*(report(n % 3) for n in range(12)))
+    assert sorted(results) == sorted(n % 3 for n in range(12))
+    assert most == {0: 1, 1: 1, 2: 1}  # one call per name at a time

@@ -2,7 +2,9 @@
 clients through ``Sentinel.master_for``, and a failover while a lock is held and a
 waiter waits.
 
-With ``replicas=1`` no two holders exist across the failover: the holder's writes are
+Both kinds of failover: ``SENTINEL FAILOVER`` (the primary demoted, then a replica
+of the promoted one) and the primary SIGKILLed. With ``replicas=1`` no two holders
+exist across either: the holder's writes are
 acknowledged by the replica before they count, the waiter rides out the failover
 (its deadline is far), and it takes the lock only after the holder let it go (given
 back, or lost at its deadline), with a higher fencing token.
@@ -99,10 +101,11 @@ def role(port: int) -> str:
         return str(client.info("replication")["role"])
 
 
+@pytest.mark.parametrize("how", ["SENTINEL FAILOVER", "SIGKILL"])
 async def test_a_sentinel_failover_never_lets_a_second_holder_in(
-    deployment: tuple[RedisServer, RedisServer, list[int]],
+    deployment: tuple[RedisServer, RedisServer, list[int]], how: str
 ) -> None:
-    _, replica, sentinel_ports = deployment
+    primary, replica, sentinel_ports = deployment
     sentinel = Sentinel([("127.0.0.1", port) for port in sentinel_ports], socket_timeout=1)
     holder_client = sentinel.master_for(SERVICE)
     waiter_client = sentinel.master_for(SERVICE)
@@ -118,8 +121,11 @@ async def test_a_sentinel_failover_never_lets_a_second_holder_in(
                 waiting = asyncio.create_task(waiter.acquire(timeout=60))
                 await asyncio.sleep(0.5)
                 assert not waiting.done()
-                with redis.Redis(port=sentinel_ports[0]) as client:
-                    client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                if how == "SIGKILL":
+                    primary.kill()  # found down by the sentinels after a second
+                else:
+                    with redis.Redis(port=sentinel_ports[0]) as client:
+                        client.execute_command("SENTINEL", "FAILOVER", SERVICE)
                 began = time.monotonic()
                 deadline = began + 30
                 while role(replica.port) != "master":
@@ -137,7 +143,7 @@ async def test_a_sentinel_failover_never_lets_a_second_holder_in(
         assert waiter.fencing_token > first_token
         await waiter.release()
         print(
-            f"promoted after {promoted:.2f} s; the holder's lease {outcome};"
+            f"{how}: promoted after {promoted:.2f} s; the holder's lease {outcome};"
             f" the waiter held the lock {acquired - ended:.2f} s after"
         )
     finally:
