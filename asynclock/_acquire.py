@@ -8,9 +8,10 @@ the lock may be held under the token without our knowing, which decides the clea
 when the call ends in anything but a lease.
 
 Two ways to wait. Without notifications (not blocking, a pool of one connection, a
-cluster of servers without sharded pub/sub) the call polls: try, pause from the retry strategy (never past the
-holder's TTL), try again. With them, the coroutines of this process that want the
-lock queue locally (``_queue.py``) and the head waits for a release:
+cluster of servers without sharded pub/sub) the call polls: try, pause from the retry
+strategy (never past the holder's TTL), try again. With them, the coroutines of this
+process that want the lock queue locally (``_queue.py``) and the head waits for a
+release:
 
 1. the first try is one script call, and refused, puts the process in the lock's line;
 2. the head subscribes to the lock's channels (confirmed by the server), then reads
@@ -118,6 +119,7 @@ class Acquisition:
         "in_flight",
         "maybe_handed",
         "outage",
+        "outage_ridden",
         "token",
     )
 
@@ -139,6 +141,9 @@ class Acquisition:
         self.maybe_handed = False
         self.handed_over = False
         self.outage: BaseException | None = None
+        # A try was ridden out: its command may still reach the server, or may have,
+        # so whatever ends the wait short of a lease releases by token.
+        self.outage_ridden = False
         self._rides_out = False  # set by run(): a wait with a deadline, a retrying client
         self._blocking = blocking
         # Without one (not blocking, or a client without a usable pub/sub), it polls.
@@ -157,7 +162,7 @@ class Acquisition:
     @property
     def may_hold(self) -> bool:
         """Whether the lock may be held under ``token`` without our knowing."""
-        return self.in_flight or self.maybe_handed
+        return self.in_flight or self.maybe_handed or self.outage_ridden
 
     async def run(
         self, wait_limit: float | None, task: asyncio.Task[Any] | None = None
@@ -237,6 +242,7 @@ class Acquisition:
         if not (self._rides_out and is_transient(error)):
             return False
         self.outage = error
+        self.outage_ridden = True
         return True
 
     async def _tries(self) -> Lease | None:

@@ -127,6 +127,11 @@ class SlotGroups:
         return tuple(channel for group in self.groups for channel in group.channels)
 
     @property
+    def hands_over(self) -> bool:
+        """Never: groups on several shards cannot change hands in one step."""
+        return False
+
+    @property
     def exclusive(self) -> bool:
         """Always: a holder of a name excludes everyone else."""
         return True

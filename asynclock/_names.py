@@ -144,6 +144,11 @@ class NamedLocks:
         return self.owner_keys[0]
 
     @property
+    def hands_over(self) -> bool:
+        """Always: one script releases and grants every name."""
+        return True
+
+    @property
     def exclusive(self) -> bool:
         """Always: a holder of a name excludes everyone else."""
         return True

@@ -45,7 +45,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from ._aio import spawn
-from ._scripts import is_cluster
+from ._scripts import is_cluster, refresh_slots
 
 _log = logging.getLogger("asynclock")
 
@@ -234,6 +234,12 @@ class Notifier:
                 _log.debug("the server refused a subscription: %r", exc)
                 self.refused = self.refused or _unknown_command(exc)
                 self._release_confirmations(list(self._confirmations))
+                if self._sharded and not self.refused:
+                    # MOVED: some slot is another node's now. Follow every channel
+                    # still unconfirmed there (the others' confirmations are lost
+                    # with it: they follow too, at no cost but a new subscription).
+                    for channel in [c for c in self._subscribed if c not in self._confirmed]:
+                        self._moved(channel)
                 continue
             except (RedisError, OSError) as exc:
                 # The connection broke. redis-py resubscribes when it reconnects; the
@@ -284,6 +290,8 @@ class Notifier:
         """The node stopped serving ``channel`` (its slot moved), unasked: follow it."""
         self._subscribed.discard(channel)
         self._confirmed.discard(channel)
+        if self._sharded:
+            self._pubsub.forget(channel)
         events = self._events.pop(channel, set())
         for event in events:
             event.set()  # a release may have gone to the new owner meanwhile: re-check
@@ -378,12 +386,22 @@ class _ShardSubscriber:
     async def get_message(self, timeout: float) -> dict[str, Any] | None:
         """The next message, or ``None`` after ``timeout`` seconds without any."""
         connection = await self._connected()
-        reply = await connection.read_response(
-            timeout=timeout, disconnect_on_error=False, push_request=True
-        )
+        try:
+            reply = await connection.read_response(
+                timeout=timeout, disconnect_on_error=False, push_request=True
+            )
+        except (RedisError, OSError) as exc:
+            if not isinstance(exc, ResponseError):
+                # The connection broke: the next call reconnects and subscribes anew.
+                await connection.disconnect()
+            raise
         if not isinstance(reply, list) or len(reply) < 3:
             return None
         return {"type": _text(reply[0]), "channel": reply[1], "data": reply[2]}
+
+    def forget(self, channel: str) -> None:
+        """Stop re-subscribing ``channel`` at a reconnect: its node no longer serves it."""
+        self._channels.discard(channel)
 
     async def aclose(self) -> None:
         """Close the connection; the next subscription opens another."""
@@ -451,8 +469,13 @@ class ShardedNotifier:
 
     def _follow(self, channel: str, events: set[asyncio.Event]) -> None:
         """Subscribe ``events`` to ``channel`` on the node that owns it now."""
+        spawn(self._rewatch(channel, events), f"following channel {channel} to its node")
+
+    async def _rewatch(self, channel: str, events: set[asyncio.Event]) -> None:
+        # The client's map of slots may not know of the move yet: read it anew.
+        await refresh_slots(self._client)
         for event in events:
-            spawn(self.watch((channel,), event), f"following channel {channel} to its node")
+            await self.watch((channel,), event)
 
 
 _Any = Notifier | ShardedNotifier

@@ -224,12 +224,13 @@ class LocalQueue:
             # saves it a round trip of its own (a try after being woken).
             await asyncio.sleep(0)
             offer = self._offer
-        if offer is None or offer.claimed:
+        if offer is None or offer.claimed or not resource.hands_over:
             released = await release_by_token(resource, client, token, timeout)
-            if offer is None:
+            if offer is None or not resource.hands_over:
                 # A coroutine of this process waits but has not yet offered to take
-                # over (a body that released without ever yielding): it may not hear
-                # of this release otherwise, so wake it to try.
+                # over (a body that released without ever yielding), or the lock
+                # cannot be handed over: it may not hear of this release otherwise
+                # (nobody in line, no message), so wake it to try.
                 self.event.set()
             return released
         # Unless another process's turn comes first, the head gets the lock in the

@@ -16,8 +16,10 @@ from enum import StrEnum
 from typing import Any, Final, NamedTuple, Protocol
 
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     ClusterDownError,
+    ClusterError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -50,6 +52,8 @@ def is_transient(error: BaseException) -> bool:
         RedisConnectionError,
         RedisTimeoutError,
         ClusterDownError,
+        ClusterError,  # too many redirections, in a migration
+        AskError,  # MOVED and ASK: a slot moved, or moving (a replicated call's own)
         TryAgainError,
         ReadOnlyError,
         ConnectionError,  # the OS's: refused, reset
@@ -156,6 +160,11 @@ class Resource(Protocol):
     @property
     def exclusive(self) -> bool:
         """Whether one holder excludes every other (so the next waiter need not try)."""
+        ...
+
+    @property
+    def hands_over(self) -> bool:
+        """Whether :meth:`hand_over` can give the lock straight to a successor."""
         ...
 
     async def acquire(

@@ -146,10 +146,10 @@ class Script:
                     reply, acknowledged = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if cluster:  # the node may be gone (a failover): map the slots anew
-                    await _refresh_slots(client)
+                    await refresh_slots(client)
                 raise
             if cluster and isinstance(reply, (MovedError, ClusterDownError)):
-                await _refresh_slots(client)  # the slot moved: the next try goes there
+                await refresh_slots(client)  # the slot moved: the next try goes there
             if isinstance(reply, NoScriptError) and attempt == 0:
                 await target.script_load(script.source)  # then once more, by SHA
                 continue
@@ -157,7 +157,8 @@ class Script:
                 raise reply
             if isinstance(acknowledged, Exception):
                 raise acknowledged
-            if int(acknowledged) < wait.replicas:
+            # Only a grant must be acknowledged: a refusal grants nothing to lose.
+            if int(acknowledged) < wait.replicas and _granted(reply):
                 raise NotReplicated(
                     f"{acknowledged} of {wait.replicas} replicas acknowledged the {self.name}"
                     f" within {wait.timeout_ms} ms"
@@ -173,6 +174,13 @@ _PUBLISH = "redis.call('PUBLISH', "
 _SPUBLISH = "redis.pcall('SPUBLISH', "
 
 
+def _granted(reply: Any) -> bool:
+    """Whether a granting script's reply grants: ``1`` (extend) or ``{1, ...}``."""
+    if isinstance(reply, list):
+        return bool(reply) and int(reply[0]) == 1
+    return int(reply) == 1
+
+
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a Redis Cluster client (which routes commands by key)."""
     return isinstance(client, RedisCluster)
@@ -182,11 +190,12 @@ def is_cluster(client: Any) -> bool:
 _node_clients: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-async def _refresh_slots(cluster: Any) -> None:
+async def refresh_slots(cluster: Any) -> None:
     """Have a cluster client read which node serves which slot again.
 
-    A replicated call goes to the node itself, past the cluster client's own
-    redirections, so the client never learns of a failover from it: told here.
+    A replicated call, or a sharded subscription, goes to a node itself, past the
+    cluster client's own redirections, so the client never learns of a failover or a
+    migration from it: told here.
     """
     try:
         await cluster.nodes_manager.initialize()

@@ -87,6 +87,11 @@ class SemaphorePermits:
         return self.keys[0]
 
     @property
+    def hands_over(self) -> bool:
+        """Never: the permits go back to everyone waiting, not to one successor."""
+        return False
+
+    @property
     def exclusive(self) -> bool:
         """Only with room for a single acquisition: another may hold the rest."""
         return self.permits * 2 > self.limit

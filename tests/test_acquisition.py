@@ -124,6 +124,7 @@ class InMemoryResource:
         self.key = f"lock:{names[0]}"
         self.channels = tuple(f"lock:{name}" for name in names)
         self.exclusive = True
+        self.hands_over = True
         self.owners: dict[str, tuple[str, float | None]] = {}
         self.fences: dict[str, int] = dict.fromkeys(names, 0)
         self.tombstones: set[tuple[str, str]] = set()
