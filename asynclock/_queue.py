@@ -50,7 +50,14 @@ from redis.exceptions import RedisError
 from ._aio import spawn, within
 from ._errors import LockBackendError
 from ._notify import Notifications
-from ._resource import BACKEND_ERRORS, Place, Resource, Successor, release_by_token
+from ._resource import (
+    BACKEND_ERRORS,
+    Place,
+    Resource,
+    Successor,
+    is_transient,
+    release_by_token,
+)
 
 _log = logging.getLogger("asynclock")
 
@@ -245,7 +252,15 @@ class LocalQueue:
             result = await within(resource.hand_over(client, token, successor), timeout)
         except (TimeoutError, *BACKEND_ERRORS) as exc:
             self.in_line = True  # the script may have put the process in line
-            raise LockBackendError(resource.description, "release", exc) from exc
+            if isinstance(exc, TimeoutError) or not is_transient(exc):
+                raise LockBackendError(resource.description, "release", exc) from exc
+            # A lost connection: whether the names went to the head or not, a release
+            # by token settles ours (the head, its offer claimed, finds them its own
+            # at its next try if they did), and wakes the head to make that try.
+            left = max(0.0, timeout - (time.monotonic() - sent))
+            released = await release_by_token(resource, client, token, left)
+            self.event.set()
+            return released
         if result.fencing_tokens is None:
             # Another process's turn (or the lease was lost): the release woke the
             # first process in line and put this one at the back. The head is not

@@ -10,7 +10,9 @@ every part of the lifecycle shares, with their errors mapped.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, NamedTuple, Protocol
@@ -203,17 +205,32 @@ class Resource(Protocol):
         ...
 
 
-async def release_by_token(resource: Resource, client: Any, token: str, timeout: float) -> bool:
+async def release_by_token(
+    resource: Resource, client: Any, token: str, timeout: float, *, resend: bool = True
+) -> bool:
     """Delete whatever ``token`` holds, within ``timeout`` seconds; map failures.
 
     The token is unique, so releasing by it is safe whatever happened to it: held,
     expired, already released, or never acquired (the release's tombstone then
-    refuses an acquire with this token that reaches the server later).
+    refuses an acquire with this token that reaches the server later). So is sending
+    it again: a transient error (a connection lost in a failover or a migration) is
+    retried within ``timeout`` (unless ``resend`` is false, or the client was given a
+    policy of no retries).
     """
-    try:
-        return await within(resource.release(client, token), timeout)
-    except (TimeoutError, *BACKEND_ERRORS) as exc:
-        raise LockBackendError(resource.description, "release", exc) from exc
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await within(resource.release(client, token), deadline - time.monotonic())
+        except (TimeoutError, *BACKEND_ERRORS) as exc:
+            left = deadline - time.monotonic()
+            again = resend and is_transient(exc) and retries_commands(client)
+            if not (again and left > _RELEASE_RETRY):
+                raise LockBackendError(resource.description, "release", exc) from exc
+        await asyncio.sleep(_RELEASE_RETRY)
+
+
+# The pause before a release is sent again after a transient error.
+_RELEASE_RETRY: Final = 0.05
 
 
 async def shorten_by_token(
@@ -232,7 +249,9 @@ async def shorten_by_token(
 async def clean_up(resource: Resource, client: Any, token: str, timeout: float) -> None:
     """Best-effort release by token, after an acquire of unknown outcome or a loss."""
     try:
-        await release_by_token(resource, client, token, timeout)
+        # Once: the caller waits for its error or cancellation to surface, and what
+        # stays held frees itself within its TTL.
+        await release_by_token(resource, client, token, timeout, resend=False)
     except LockBackendError as exc:
         _log.warning(
             "could not clean up lock %r; it expires on its own within its TTL: %s",

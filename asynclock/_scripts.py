@@ -226,7 +226,12 @@ async def run_command(client: Any, *command: Any) -> Any:
     """
     pool = getattr(client, "connection_pool", None)
     if pool is None or getattr(client, "single_connection_client", True):
-        return await client.execute_command(*command)
+        try:
+            return await client.execute_command(*command)
+        except AttributeError as exc:
+            if not _stream_gone(exc):
+                raise
+            raise _lost(exc) from exc
     try:
         if _takes_command_name(type(pool)):
             conn = await pool.get_connection(command[0])
@@ -272,7 +277,19 @@ def _closed_transport(error: RuntimeError) -> bool:
     return "handler is closed" in str(error)
 
 
-def _lost(error: RuntimeError) -> RedisConnectionError:
+def _stream_gone(error: AttributeError) -> bool:
+    """Whether ``error`` is redis-py's for a connection closed under a command.
+
+    Seen from its cluster client during a slot migration: a connection being reset
+    by one command while another writes to it (``None`` has no ``writelines``). It is
+    a lost connection, and is reported (and retried) as one.
+    """
+    return str(error).startswith("'NoneType' object has no attribute") and any(
+        name in str(error) for name in ("'writelines'", "'write'", "'drain'", "'read'")
+    )
+
+
+def _lost(error: Exception) -> RedisConnectionError:
     """The lost connection that ``error`` reports, retried and mapped as one."""
     return RedisConnectionError(f"Error while writing to the server: {error}")
 
