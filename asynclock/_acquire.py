@@ -188,9 +188,8 @@ class Acquisition:
             task = asyncio.current_task()
             assert task is not None  # called from a task
         self._task, self._cancels = task, task.cancelling()
-        self._rides_out = (
-            self._blocking and wait_limit is not None and retries_commands(self._client)
-        )
+        # Whether the client retries at all is asked at the first failure only.
+        self._rides_out = self._blocking and wait_limit is not None
         scope = None if wait_limit is None else asyncio.timeout(wait_limit)
         started = time.monotonic()
         try:
@@ -239,7 +238,7 @@ class Acquisition:
 
     def _rides_out_failure(self, error: BaseException) -> bool:
         """Whether to count a try that failed with ``error`` as refused, and wait on."""
-        if not (self._rides_out and is_transient(error)):
+        if not (self._rides_out and is_transient(error) and retries_commands(self._client)):
             return False
         self.outage = error
         self.outage_ridden = True
@@ -384,8 +383,11 @@ class Acquisition:
         self.in_flight = True
         try:
             if queue is None:
-                with acknowledged_by(policy.replica_wait):
+                if policy.replica_wait is None:  # no context to set: the usual case
                     grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
+                else:
+                    with acknowledged_by(policy.replica_wait):
+                        grant = await resource.acquire(client, self.token, policy.ttl_ms, waiter)
             else:
                 # With the process's id: if refused, it stands in the lock's line, so
                 # that a release wakes it in its turn.

@@ -181,9 +181,17 @@ def _granted(reply: Any) -> bool:
     return int(reply) == 1
 
 
+_CLUSTER_TYPES: dict[type, bool] = {}
+
+
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a Redis Cluster client (which routes commands by key)."""
-    return isinstance(client, RedisCluster)
+    # Asked at every script call: a dict lookup by type, not isinstance (an ABC's).
+    kind = type(client)
+    found = _CLUSTER_TYPES.get(kind)
+    if found is None:
+        found = _CLUSTER_TYPES[kind] = isinstance(client, RedisCluster)
+    return found
 
 
 # Per cluster client, a plain client of each node it ran replicated scripts on.
