@@ -30,7 +30,7 @@ from asynclock._notify import ShardedNotifier, notifier_for
 from asynclock._server import LocalCluster, find_server_binary, server_version
 
 from .test_cli import cli, start_watch
-from .test_processes import overlaps
+from .test_processes import assert_each_name_held_alone, overlaps
 
 pytestmark = pytest.mark.slow
 
@@ -355,12 +355,7 @@ def test_multilocks_across_slots_and_processes_never_overlap_on_any_name(
         assert worker.wait(timeout=120) == 0
     records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
     assert len(records) == 3 * 5 * 10
-    for name in names:
-        holding = [record for record in records if name in record["fences"]]
-        assert holding, name
-        assert overlaps(holding) == []
-        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
-        assert fences == sorted(set(fences))
+    assert_each_name_held_alone(records, names)
 
 
 async def test_a_decorated_function_runs_once_at_a_time_on_a_cluster(

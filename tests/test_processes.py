@@ -12,6 +12,7 @@ import sys
 import time
 from asyncio.subprocess import Process
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -27,6 +28,17 @@ def overlaps(records: list[dict[str, float]]) -> list[tuple[dict[str, float], di
     """Return the pairs of consecutive sections (by start) that overlap in time."""
     ordered = sorted(records, key=lambda record: record["start"])
     return [(a, b) for a, b in itertools.pairwise(ordered) if b["start"] < a["end"]]
+
+
+def assert_each_name_held_alone(records: list[dict[str, Any]], names: list[str]) -> None:
+    """Every name was held, never by two sections at once, with fencing tokens strictly
+    increasing in the order of acquisition."""
+    for name in names:
+        holding = [record for record in records if name in record["fences"]]
+        assert holding, name
+        assert overlaps(holding) == []
+        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
+        assert fences == sorted(set(fences))
 
 
 def most_at_once(records: list[dict[str, float]]) -> int:
@@ -81,12 +93,7 @@ def test_multilocks_across_processes_never_overlap_on_any_name(
     names = ["m1", "m2", "m3", "m4"]
     records = run_contenders(redis_url, tmp_path, ",".join(names), [6, 10])
     assert len(records) == 3 * 6 * 10
-    for name in names:
-        holding = [record for record in records if name in record["fences"]]
-        assert holding, name
-        assert overlaps(holding) == []
-        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
-        assert fences == sorted(set(fences))  # strictly increasing in order of acquisition
+    assert_each_name_held_alone(records, names)
 
 
 def test_a_semaphore_never_has_more_holders_than_its_limit(redis_url: str, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 
 from asynclock._server import LocalCluster, RedisServer
 
-from .test_processes import overlaps
+from .test_processes import assert_each_name_held_alone
 
 REDIS_PY = tuple(map(int, redis.__version__.split(".")[:2]))
 pytestmark = [
@@ -120,9 +120,4 @@ def test_a_slot_migrated_back_and_forth_under_contention_breaks_no_lock(
     assert sum(migrations) > 0  # the locks' keys did move with it
     records = [json.loads(line) for out in outputs for line in out.read_text().splitlines()]
     assert len(records) == 3 * 4 * 40
-    for name in NAMES:
-        holding = [record for record in records if name in record["fences"]]
-        assert holding, name
-        assert overlaps(holding) == []
-        fences = [r["fences"][name] for r in sorted(holding, key=lambda r: r["start"])]
-        assert fences == sorted(set(fences))
+    assert_each_name_held_alone(records, NAMES)
