@@ -12,20 +12,32 @@ two holders.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import math
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import LockLost, Mutex
+from asynclock import LockBackendError, LockLost, Mutex
 from asynclock._names import owner_key
-from asynclock._server import LocalCluster
+from asynclock._server import LocalCluster, RedisServer
+
+from .failover_worker import TTL
+from .test_processes import assert_each_name_held_alone, overlaps
 
 pytestmark = pytest.mark.slow
 
 NODE_TIMEOUT_MS = 1000
+HERE = Path(__file__).parent
 
 
 @pytest.fixture
@@ -93,3 +105,157 @@ async def test_with_replicas_a_failover_never_lets_a_second_holder_in(
     finally:
         await holder_client.aclose()
         await waiter_client.aclose()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``check`` every 50 ms until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def replicating(replica_port: int, primary_port: int) -> bool:
+    """Whether the server at ``replica_port`` is a replica of ``primary_port``, in sync."""
+    try:
+        with redis.Redis(port=replica_port, socket_timeout=1) as node:
+            info = node.info("replication")
+    except redis.RedisError:
+        return False
+    return (
+        info["role"] == "slave"
+        and int(info["master_port"]) == primary_port
+        and info["master_link_status"] == "up"
+        and not info.get("master_sync_in_progress", 0)
+    )
+
+
+def cluster_ok(port: int) -> bool:
+    """Whether the node at ``port`` sees every slot served."""
+    with redis.Redis(port=port, socket_timeout=1) as node:
+        return bool(node.cluster("INFO")["cluster_state"] == "ok")
+
+
+FAILOVERS = 3
+
+
+async def fail_over(doomed: RedisServer, heir: RedisServer) -> float:
+    """SIGKILL ``doomed``, wait until its replica ``heir`` serves its slots, start it
+    again (it rejoins as ``heir``'s replica) and wait until it is in sync; return when
+    it was killed."""
+    await asyncio.to_thread(doomed.kill)
+    killed = time.monotonic()
+    await asyncio.to_thread(
+        wait_until, lambda: promoted(heir.port) and cluster_ok(heir.port), "no promotion"
+    )
+    await asyncio.to_thread(doomed.start)
+    await asyncio.to_thread(wait_until, lambda: replicating(doomed.port, heir.port), "no resync")
+    return killed
+
+
+async def contend_through_failovers(
+    cluster: LocalCluster, tmp_path: Path, name: str, replicas: int
+) -> tuple[list[dict[str, Any]], Counter[str], list[float]]:
+    """Three processes contend on ``name`` while its primary is SIGKILLed ``FAILOVERS``
+    times, each time under a holder of this process (its replica promoted, the killed
+    node started again as the new primary's replica); return every section, the failed
+    tries, and when each kill happened."""
+    client = RedisCluster.from_url(cluster.url)
+    await client.initialize()
+    index = [server.port for server in cluster.servers].index(primary_of(client, name))
+    pair = [cluster.servers[index], cluster.replicas[index][0]]
+    outputs = [tmp_path / f"worker-{n}.json" for n in range(3)]
+    command = [sys.executable, str(HERE / "failover_worker.py"), cluster.url, name, "3"]
+    workers = [
+        await asyncio.create_subprocess_exec(
+            *command, str(replicas), str(out), stdin=subprocess.PIPE
+        )
+        for out in outputs
+    ]
+    records: list[dict[str, Any]] = []
+    kills = []
+    try:
+        await asyncio.sleep(2)  # contention under way
+        for round_ in range(FAILOVERS):
+            lock = Mutex(client, name, ttl=TTL, timeout=20, replicas=replicas, replica_timeout=0.5)
+            lost = False
+            try:
+                async with lock as lease:
+                    start = time.monotonic()
+                    failover = asyncio.create_task(
+                        fail_over(pair[round_ % 2], pair[1 - round_ % 2])
+                    )
+                    await asyncio.sleep(TTL + 1)  # past the lease, unless extended
+            except LockLost:
+                lost = True
+            except LockBackendError:
+                pass  # the release failed: the section happened all the same
+            records.append(
+                {
+                    "start": start,
+                    "end": time.monotonic(),
+                    "fence": lease.fencing_token,
+                    "lost": lost,
+                }
+            )
+            kills.append(await failover)
+            await asyncio.sleep(2)  # contention on the new primary, with a replica again
+    finally:
+        await client.aclose()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.close()
+        for worker in workers:
+            assert await asyncio.wait_for(worker.wait(), 120) == 0
+    failures = Counter[str]()
+    for out in outputs:
+        outcome = json.loads(out.read_text())
+        records += outcome["records"]
+        failures.update(outcome["failures"])
+    return records, failures, kills
+
+
+def summary(records: list[dict[str, Any]], failures: Counter[str], kills: list[float]) -> str:
+    """A line on what the contenders saw."""
+    lost = [r for r in records if r["lost"]]
+    after = [min(r["end"] - k for k in kills if k <= r["end"]) for r in lost]
+    return (
+        f"{len(records)} sections, {len(lost)} lost"
+        + (f" ({', '.join(f'{a:.2f}' for a in after)} s after a kill)" if lost else "")
+        + f", failed tries {dict(failures)}, overlaps {len(overlaps(records))}"
+    )
+
+
+async def test_with_replicas_repeated_failovers_never_let_two_holders_in(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    records, failures, kills = await contend_through_failovers(cluster, tmp_path, "jobs:fo", 1)
+    print(summary(records, failures, kills))
+    assert_each_name_held_alone([{**r, "fences": {"n": r["fence"]}} for r in records], ["n"])
+    for kill, then in itertools.pairwise([*kills, math.inf]):
+        # Each new primary, once it had a replica again, handed the lock out.
+        assert any(kill < record["start"] < then for record in records)
+    for record in records:
+        if record["lost"]:  # within the lease's TTL of the kill that cost it
+            assert any(0 <= record["end"] - kill < TTL + 0.5 for kill in kills)
+
+
+async def test_without_replicas_repeated_failovers_are_measured(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    records, failures, kills = await contend_through_failovers(cluster, tmp_path, "jobs:fo0", 0)
+    print(summary(records, failures, kills))
+    for first, second in overlaps(records):
+        # Two holders only across a failover: the first entered before a kill, the
+        # second on the promoted replica after it.
+        assert any(first["start"] < kill <= second["start"] for kill in kills)
+    for record in records:
+        if record["lost"]:
+            assert any(0 <= record["end"] - kill < TTL + 0.5 for kill in kills)
+    between = [-math.inf, *kills, math.inf]
+    for start, end in itertools.pairwise(between):
+        # One primary's tokens increase; across a failover they may not (lost writes).
+        stretch = sorted((r for r in records if start < r["start"] < end), key=lambda r: r["start"])
+        fences = [r["fence"] for r in stretch]
+        assert fences == sorted(set(fences))
+        assert stretch
