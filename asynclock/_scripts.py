@@ -16,16 +16,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, MovedError, NoScriptError, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -137,13 +141,18 @@ class Script:
         """
         cluster = is_cluster(client)
         script = self.sharded if cluster else self
-        target = _node_client(client, keys[0]) if cluster else client
         for attempt in range(2):
+            run = ("EVALSHA", script.sha, len(keys), *keys, *args)
             try:
-                async with target.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                    pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
-                    reply, acknowledged = await pipe.execute(raise_on_error=False)
+                if cluster:
+                    reply, acknowledged = await _on_node(
+                        client, keys[0], run, ("WAIT", wait.replicas, wait.timeout_ms)
+                    )
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.execute_command(*run)
+                        pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                        reply, acknowledged = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 if cluster:  # the node may be gone (a failover): map the slots anew
                     await refresh_slots(client)
@@ -151,8 +160,12 @@ class Script:
             if cluster and isinstance(reply, (MovedError, ClusterDownError)):
                 await refresh_slots(client)  # the slot moved: the next try goes there
             if isinstance(reply, NoScriptError) and attempt == 0:
-                await target.script_load(script.source)  # then once more, by SHA
-                continue
+                load = ("SCRIPT", "LOAD", script.source)
+                if cluster:
+                    await _on_node(client, keys[0], load)
+                else:
+                    await client.execute_command(*load)
+                continue  # then once more, by SHA
             if isinstance(reply, Exception):
                 raise reply
             if isinstance(acknowledged, Exception):
@@ -194,10 +207,6 @@ def is_cluster(client: Any) -> bool:
     return found
 
 
-# Per cluster client, a plain client of each node it ran replicated scripts on.
-_node_clients: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
 async def refresh_slots(cluster: Any) -> None:
     """Have a cluster client read which node serves which slot again.
 
@@ -211,17 +220,32 @@ async def refresh_slots(cluster: Any) -> None:
         return
 
 
-def _node_client(cluster: Any, key: str) -> Any:
-    """A client of the node that owns ``key``: a pipeline there is one connection."""
+async def _on_node(cluster: Any, key: str, *commands: tuple[Any, ...]) -> list[Any]:
+    """Send ``commands`` in one write on one connection to the node that owns ``key``;
+    return each one's reply, or its error.
+
+    The connection is one of the cluster client's own for that node, so it is closed
+    with the client. A connection error is raised: the caller maps the slots anew.
+    """
     node = cluster.get_node_from_key(key)
-    clients = _node_clients.setdefault(cluster, {})
-    client = clients.get(node.name)
-    if client is None:
-        pool = redis.ConnectionPool(
-            connection_class=node.connection_class, **node.connection_kwargs
-        )
-        client = clients[node.name] = redis.Redis(connection_pool=pool)
-    return client
+    conn = node.acquire_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # the connection is still in step
+                replies.append(exc)
+        return replies
+    finally:
+        # A cancelled or failed read has disconnected the connection (redis-py does
+        # it): it reconnects at its next use, so it goes back all the same.
+        release = getattr(node, "release", None)
+        if release is not None:
+            release(conn)
+        else:  # redis-py before 5.1: the node's free list
+            node._free.append(conn)
 
 
 async def run_command(client: Any, *command: Any) -> Any:

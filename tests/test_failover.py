@@ -223,6 +223,7 @@ def summary(records: list[dict[str, Any]], failures: Counter[str], kills: list[f
         f"{len(records)} sections, {len(lost)} lost"
         + (f" ({', '.join(f'{a:.2f}' for a in after)} s after a kill)" if lost else "")
         + f", failed tries {dict(failures)}, overlaps {len(overlaps(records))}"
+        + "".join(f" ({a['end'] - b['start']:.3f} s)" for a, b in overlaps(records))
     )
 
 
