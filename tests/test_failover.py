@@ -253,10 +253,9 @@ async def test_without_replicas_repeated_failovers_are_measured(
     for record in records:
         if record["lost"]:
             assert any(0 <= record["end"] - kill < TTL + 0.5 for kill in kills)
-    between = [-math.inf, *kills, math.inf]
-    for start, end in itertools.pairwise(between):
-        # One primary's tokens increase; across a failover they may not (lost writes).
-        stretch = sorted((r for r in records if start < r["start"] < end), key=lambda r: r["start"])
-        fences = [r["fence"] for r in stretch]
-        assert fences == sorted(set(fences))
-        assert stretch
+    # Tokens increase across failovers too, a lost counter write included: they never
+    # fall behind the server's clock.
+    fences = [r["fence"] for r in sorted(records, key=lambda r: r["start"])]
+    assert fences == sorted(set(fences))
+    for kill, then in itertools.pairwise([*kills, math.inf]):
+        assert any(kill < record["start"] < then for record in records)
