@@ -4,7 +4,9 @@
    of every primitive, beside redis-py's Lock (``benchmarks.uncontended``).
 2. Contended hand-off in every scenario, asynclock beside the peers, and the server
    commands of one uncontended section of each (``benchmarks.contention``).
-3. The targets, checked against this run's figures.
+3. The cost of replica acknowledgement (``replicas=1``) on the uncontended pair, on a
+   primary and a replica of our own (``benchmarks.replicas``; not with ``--url``).
+4. The targets, checked against this run's figures.
 
 Progress goes to stderr while it runs. The report is printed, and written as
 ``<date>-report.md`` with a plot, ``<date>-report.png``, into ``--out`` (default
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import shlex
 import sys
@@ -28,7 +31,7 @@ from redis.exceptions import RedisError
 
 from asynclock._server import LocalCluster, RedisServer
 
-from . import contention, uncontended
+from . import contention, replicas, uncontended
 from ._kinds import BenchmarkError
 from .report import Results, draw, markdown
 
@@ -119,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"started a cluster of 3 primaries at {cluster.url}", file=sys.stderr)
                 cluster_url = cluster.url
             results = asyncio.run(measure(url, where, args, cluster_url))
+            if args.url is None:  # a replica of our own, beside our own server
+                figures = replicas.run(rounds=min(args.rounds, replicas.ROUNDS))
+                results = dataclasses.replace(results, replicas=figures)
     except (BenchmarkError, TimeoutError, RedisError, OSError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

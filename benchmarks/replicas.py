@@ -21,6 +21,8 @@ import redis.asyncio as redis
 from asynclock import Mutex
 from asynclock._server import RedisServer
 
+from .report import replicas_table
+
 #: Pairs per round.
 PAIRS = 300
 #: Rounds per kind, interleaved.
@@ -78,21 +80,21 @@ async def measure(url: str, pairs: int, rounds: int) -> dict[str, float]:
     return {label: statistics.median(values) for label, values in times.items()}
 
 
+def run(pairs: int = PAIRS, rounds: int = ROUNDS) -> dict[str, float]:
+    """Start a primary and a replica of our own, measure, stop them."""
+    primary = RedisServer()
+    replica = RedisServer(args=("--replicaof", "127.0.0.1", str(primary.port)))
+    with primary, replica:
+        return asyncio.run(measure(primary.url, pairs, rounds))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start a primary and a replica, measure, print a Markdown table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.replicas", description=__doc__)
     parser.add_argument("--pairs", type=int, default=PAIRS, help=f"per round (default {PAIRS})")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"(default {ROUNDS})")
     args = parser.parse_args(argv)
-    primary = RedisServer()
-    replica = RedisServer(args=("--replicaof", "127.0.0.1", str(primary.port)))
-    with primary, replica:
-        figures = asyncio.run(measure(primary.url, args.pairs, args.rounds))
-    base = figures["Mutex acquire+release, replicas=0"]
-    print("| what | us per pair | vs replicas=0 |")
-    print("|:---|---:|---:|")
-    for label, micros in figures.items():
-        print(f"| {label} | {micros:.0f} | {micros / base:.2f}x |")
+    print(replicas_table(run(args.pairs, args.rounds)))
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .contention import OURS, SCENARIOS, Row
@@ -35,12 +35,15 @@ class Results:
     :ivar rows: the contended scenarios, every implementation
     :ivar commands: commands the server ran per uncontended section, by implementation
     :ivar problems: peers that could not be measured, and why
+    :ivar replicas: microseconds per uncontended pair with and without replica
+        acknowledgement, on a primary with one replica (empty if not run)
     """
 
     uncontended: Report | None
     rows: tuple[Row, ...]
     commands: dict[str, float]
     problems: tuple[str, ...]
+    replicas: dict[str, float] = field(default_factory=dict)
 
 
 def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]]:
@@ -242,6 +245,8 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
         ]
     if plot is not None:
         lines += [f"![wait percentiles and throughput per scenario]({plot})", ""]
+    if results.replicas:
+        lines += ["## Replica acknowledgement", "", replicas_table(results.replicas), ""]
     lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]
     lines += [
         f"| {target.goal} | {target.measured} | {_mark(target.met)} |"
@@ -252,6 +257,22 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
         lines += ["## Not measured", ""]
         lines += [f"- {problem}" for problem in results.problems]
         lines.append("")
+    return "\n".join(lines)
+
+
+def replicas_table(figures: dict[str, float]) -> str:
+    """The cost of ``replicas=1`` as a Markdown table, against ``replicas=0``."""
+    base = next(iter(figures.values()))
+    lines = [
+        "A primary and one replica on this machine (they share its cores with the client);"
+        " uncontended pairs, interleaved rounds, median round:",
+        "",
+        "| what | us per pair | vs the first |",
+        "|:---|---:|---:|",
+    ]
+    lines += [
+        f"| {label} | {micros:.0f} | {micros / base:.2f}x |" for label, micros in figures.items()
+    ]
     return "\n".join(lines)
 
 
