@@ -427,6 +427,9 @@ class ShardedNotifier:
         self.loop = asyncio.get_running_loop()
         self._client = client
         self._nodes: dict[str, Notifier] = {}  # by node name, host:port
+        # The events still watched, by channel: a channel followed to its new node
+        # takes along only those, not those whose waiters left meanwhile.
+        self._wanted: dict[str, set[asyncio.Event]] = {}
 
     @property
     def refused(self) -> bool:
@@ -451,6 +454,15 @@ class ShardedNotifier:
 
     async def watch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         """Have ``event`` set by releases on ``channels``, once their nodes confirm."""
+        for channel in channels:
+            self._wanted.setdefault(channel, set()).add(event)
+        try:
+            await self._watch_on_nodes(channels, event)
+        except BaseException:
+            self.unwatch(channels, event)
+            raise
+
+    async def _watch_on_nodes(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         by_node: dict[Notifier, list[str]] = {}
         for channel in channels:
             notifier = self._node_notifier(channel)
@@ -464,6 +476,12 @@ class ShardedNotifier:
 
     def unwatch(self, channels: tuple[str, ...], event: asyncio.Event) -> None:
         """Stop setting ``event``, on whichever node it was watching."""
+        for channel in channels:
+            wanted = self._wanted.get(channel)
+            if wanted is not None:
+                wanted.discard(event)
+                if not wanted:
+                    del self._wanted[channel]
         for notifier in self._nodes.values():
             notifier.unwatch(channels, event)
 
@@ -475,7 +493,12 @@ class ShardedNotifier:
         # The client's map of slots may not know of the move yet: read it anew.
         await refresh_slots(self._client)
         for event in events:
-            await self.watch((channel,), event)
+            if event not in self._wanted.get(channel, ()):
+                continue  # its waiter left meanwhile
+            await self._watch_on_nodes((channel,), event)
+            if event not in self._wanted.get(channel, ()):  # left while subscribing
+                for notifier in self._nodes.values():
+                    notifier.unwatch((channel,), event)
 
 
 _Any = Notifier | ShardedNotifier

@@ -253,6 +253,32 @@ async def test_channels_of_a_cluster_are_subscribed_on_their_own_node_only(
 
 
 @needs_sharded
+async def test_a_channel_followed_to_its_node_takes_along_only_the_waiters_still_there(
+    cluster: RedisCluster,
+) -> None:
+    notifier = notifier_for(cluster)
+    assert isinstance(notifier, ShardedNotifier)
+    stayed, left = asyncio.Event(), asyncio.Event()
+    channel = owner_key("asynclock:", "followed")
+    await notifier.watch((channel,), stayed)
+    await notifier.watch((channel,), left)
+    notifier.unwatch((channel,), left)  # its waiter is gone before the move is followed
+    # As a node's unasked SUNSUBSCRIBE does (its slot moved): follow both events.
+    await notifier._rewatch(channel, {stayed, left})
+    watching = {
+        event for node in notifier._nodes.values() for event in node._events.get(channel, ())
+    }
+    assert watching == {stayed}
+    notifier.unwatch((channel,), stayed)
+    assert not any(node._events.get(channel) for node in notifier._nodes.values())
+    # Still woken by a release there.
+    await notifier.watch((channel,), stayed)
+    await cluster.execute_command("SPUBLISH", channel, "")  # addressed to every waiter
+    await asyncio.wait_for(stayed.wait(), 5)
+    notifier.unwatch((channel,), stayed)
+
+
+@needs_sharded
 def test_processes_on_a_cluster_never_overlap_and_are_woken_by_notification(
     cluster_port: int, tmp_path: Path
 ) -> None:
