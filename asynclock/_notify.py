@@ -349,18 +349,25 @@ class _ShardSubscriber:
         self._node = node
         self._connection: Any = None
         self._channels: set[str] = set()  # subscribed, as far as we know
+        # The reader and the subscribing task both (re)connect on need: one at a time,
+        # so that they share one connection and subscribe it once.
+        self._connecting = asyncio.Lock()
 
     async def _connected(self) -> Any:
         connection = self._connection
-        if connection is None:
-            connection = self._connection = self._node.connection_class(
-                **self._node.connection_kwargs
-            )
-        if not connection.is_connected:
-            await connection.connect()
-            if self._channels:  # a reconnect: subscribed anew, confirmed as before
-                await self._write(connection, "SSUBSCRIBE", self._channels)
-        return connection
+        if connection is not None and connection.is_connected:
+            return connection
+        async with self._connecting:
+            connection = self._connection
+            if connection is None:
+                connection = self._connection = self._node.connection_class(
+                    **self._node.connection_kwargs
+                )
+            if not connection.is_connected:
+                await connection.connect()
+                if self._channels:  # a reconnect: subscribed anew, confirmed as before
+                    await self._write(connection, "SSUBSCRIBE", self._channels)
+            return connection
 
     @staticmethod
     async def _write(connection: Any, command: str, channels: Iterable[str]) -> None:

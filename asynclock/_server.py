@@ -159,7 +159,11 @@ class RedisServer:
         self.start()
 
     def __enter__(self) -> RedisServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # no __exit__ follows a failed __enter__
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         return self
 
     def __exit__(
@@ -289,7 +293,11 @@ class LocalCluster:
             server.stop()
 
     def __enter__(self) -> LocalCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # no __exit__ follows a failed __enter__
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
