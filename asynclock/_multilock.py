@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -17,6 +18,8 @@ from ._lock import LeaseLock, LockOptions
 from ._names import DEFAULT_PREFIX, NamedLocks, owner_key
 from ._resource import Grant, HandOver, Place, Resource, Successor
 from ._validate import check_names, check_prefix
+
+_log = logging.getLogger("asynclock")
 
 
 class MultiLock(LeaseLock):
@@ -142,16 +145,31 @@ class SlotGroups:
         """Take every group in order; at a refusal, give back the groups taken."""
         fences: list[int] = []
         for taken, group in enumerate(self.groups):
-            grant = await group.acquire(client, token, ttl_ms, waiter, place)
+            try:
+                grant = await group.acquire(client, token, ttl_ms, waiter, place)
+            except Exception:
+                # A try that failed (a node failing over, which a waiter rides out)
+                # holds nothing while it waits either; this group too, in case its
+                # command ran and only the reply was lost. The failure is what tells.
+                await self._give_back(client, token, self.groups[: taken + 1])
+                raise
             if not grant.acquired:
                 # No hold-and-wait. Given back without a tombstone: the next try,
                 # with the same token, must be able to take them again.
-                await asyncio.gather(
-                    *(done.give_back(client, token) for done in self.groups[:taken])
-                )
+                await self._give_back(client, token, self.groups[:taken])
                 return grant
             fences += grant.fencing_tokens
         return Grant(True, tuple(fences))
+
+    @staticmethod
+    async def _give_back(client: Any, token: str, groups: tuple[NamedLocks, ...]) -> None:
+        outcomes = await asyncio.gather(
+            *(group.give_back(client, token) for group in groups), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                # Held until its TTL, or until the acquire's clean-up releases it.
+                _log.debug("could not give back a slot group: %r", outcome)
 
     async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
         """Extend every group; the lease holds only if ``token`` still holds them all."""
