@@ -242,9 +242,9 @@ async def _on_cluster(cluster: Any, key: str, command: tuple[Any, ...]) -> Any:
     try:
         (reply,) = await _on_node(cluster, key, command)
     except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException):
-        return await cluster.execute_command(*command)
+        return await run_command(cluster, *command)
     if isinstance(reply, _REROUTED):
-        return await cluster.execute_command(*command)
+        return await run_command(cluster, *command)
     if isinstance(reply, Exception):
         raise reply
     return reply
@@ -272,6 +272,16 @@ async def _on_node(cluster: Any, key: str, *commands: tuple[Any, ...]) -> list[A
             except ResponseError as exc:  # the connection is still in step
                 replies.append(exc)
         return replies
+    except AttributeError as exc:  # reset under us by a refresh of the slot map
+        if not _stream_gone(exc):
+            raise
+        await _drop(conn)
+        raise _lost(exc) from exc
+    except RuntimeError as exc:  # uvloop: a write to a transport closed under us
+        if not _closed_transport(exc):
+            raise
+        await _drop(conn)
+        raise _lost(exc) from exc
     finally:
         # A cancelled or failed read has disconnected the connection (redis-py does
         # it): it reconnects at its next use, so it goes back all the same.
@@ -280,6 +290,12 @@ async def _on_node(cluster: Any, key: str, *commands: tuple[Any, ...]) -> list[A
             release(conn)
         else:  # redis-py before 5.1: the node's free list
             node._free.append(conn)
+
+
+async def _drop(conn: Any) -> None:
+    """Disconnect ``conn``, in whatever state it is: it reconnects at its next use."""
+    with contextlib.suppress(Exception):
+        await conn.disconnect()
 
 
 async def run_command(client: Any, *command: Any) -> Any:
@@ -388,3 +404,6 @@ SEMAPHORE_INSPECT = Script.load("semaphore_inspect", after=("common",))
 # What an operator's forced release runs (asynclock/_admin.py): no tombstone.
 FORCE_RELEASE = Script.load("force_release", after=("common",))
 SEMAPHORE_FORCE_RELEASE = Script.load("semaphore_force_release", after=("common",))
+# What an Election runs beside its lease (asynclock/_election.py).
+ANNOUNCE = Script.load("announce", after=("common",))
+LEADER = Script.load("leader")
