@@ -7,6 +7,8 @@ and ``LockLost`` raised), and when a task is cancelled halfway through an acquir
 """
 
 from ._decorators import locked as locked
+from ._election import Election as Election
+from ._election import LeaderInfo as LeaderInfo
 from ._errors import LockBackendError as LockBackendError
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
@@ -28,7 +30,9 @@ from ._semaphore import LimitMismatch as LimitMismatch
 from ._semaphore import Semaphore as Semaphore
 
 __all__ = [
+    "Election",
     "ExponentialBackoff",
+    "LeaderInfo",
     "Lease",
     "LimitMismatch",
     "LimitRetries",

@@ -26,6 +26,10 @@ event                  level       when
 ``task_cancelled``     INFO        a decorated call was cancelled (not a failure)
 ``task_skipped``       INFO        a decorated call was skipped: the lock was held
 ``task_finished``      INFO        a decorated call ended, whatever the outcome
+``leader_elected``     INFO        an ``Election`` chose this replica (``fencing_token``
+                                   is the term)
+``leader_resigned``    INFO        this replica's term ended: it stepped down
+``leader_deposed``     WARNING     this replica's term was lost (its lease)
 =====================  ==========  =====================================================
 
 :func:`set_verbosity` chooses what reaches the logger: ``"default"`` (task events and
@@ -64,9 +68,14 @@ LEVELS: Final[dict[str, int]] = {
     "task_cancelled": logging.INFO,
     "task_skipped": logging.INFO,
     "task_finished": logging.INFO,
+    "leader_elected": logging.INFO,
+    "leader_resigned": logging.INFO,
+    "leader_deposed": logging.WARNING,
 }
 _DEFAULT_EVENTS: Final = frozenset(
-    name for name in LEVELS if name.startswith("task_") or LEVELS[name] >= logging.WARNING
+    name
+    for name in LEVELS
+    if name.startswith(("task_", "leader_")) or LEVELS[name] >= logging.WARNING
 )
 
 
@@ -83,7 +92,7 @@ class LockEvent:
     :ivar error: the exception of a failure, a loss or a failed extension
     :ivar task: the decorated function's qualified name, for ``task_*`` events
     :ivar at: when it happened, on ``time.time()``
-    :ivar primitive: ``"mutex"``, ``"multilock"`` or ``"semaphore"``
+    :ivar primitive: ``"mutex"``, ``"multilock"``, ``"semaphore"`` or ``"election"``
     :ivar template: the ``@locked`` name template the lock's name was made from (such
         as ``"report:{user_id}"``), for events of decorated calls: a label of bounded
         cardinality for metrics

@@ -6,7 +6,9 @@
    commands of one uncontended section of each (``benchmarks.contention``).
 3. The cost of replica acknowledgement (``replicas=1``) on the uncontended pair, on a
    primary and a replica of our own (``benchmarks.replicas``; not with ``--url``).
-4. The targets, checked against this run's figures.
+4. How fast an ``Election``'s leadership changes hands after ``resign()``
+   (``benchmarks.election``).
+5. The targets, checked against this run's figures.
 
 Progress goes to stderr while it runs. The report is printed, and written as
 ``<date>-report.md`` with a plot, ``<date>-report.png``, into ``--out`` (default
@@ -31,7 +33,7 @@ from redis.exceptions import RedisError
 
 from asynclock._server import LocalCluster, RedisServer
 
-from . import contention, replicas, uncontended
+from . import contention, election, replicas, uncontended
 from ._kinds import BenchmarkError
 from .report import Results, draw, markdown
 
@@ -125,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.url is None:  # a replica of our own, beside our own server
                 figures = replicas.run(rounds=min(args.rounds, replicas.ROUNDS))
                 results = dataclasses.replace(results, replicas=figures)
+            results = dataclasses.replace(results, election=election.run(url))
     except (BenchmarkError, TimeoutError, RedisError, OSError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -37,6 +37,8 @@ class Results:
     :ivar problems: peers that could not be measured, and why
     :ivar replicas: microseconds per uncontended pair with and without replica
         acknowledgement, on a primary with one replica (empty if not run)
+    :ivar election: milliseconds from an ``Election`` leader's ``resign()`` to the
+        next leader's term (empty if not run)
     """
 
     uncontended: Report | None
@@ -44,6 +46,7 @@ class Results:
     commands: dict[str, float]
     problems: tuple[str, ...]
     replicas: dict[str, float] = field(default_factory=dict)
+    election: dict[str, float] = field(default_factory=dict)
 
 
 def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]]:
@@ -247,6 +250,17 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
         lines += [f"![wait percentiles and throughput per scenario]({plot})", ""]
     if results.replicas:
         lines += ["## Replica acknowledgement", "", replicas_table(results.replicas), ""]
+    if results.election:
+        lines += [
+            "## Election hand-over",
+            "",
+            "Two replicas take turns leading; the campaigner is woken by the step-down:",
+            "",
+            "| what | ms |",
+            "|:---|---:|",
+            *(f"| {label} | {value:.2f} |" for label, value in results.election.items()),
+            "",
+        ]
     lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]
     lines += [
         f"| {target.goal} | {target.measured} | {_mark(target.met)} |"

@@ -19,6 +19,8 @@ def test_the_report_is_printed_and_written_with_its_plot(tmp_path: Path, capsys:
     assert "| 2 coroutines, 1 name | python-redis-lock (threads) |" in text
     assert "Server commands per section without contention" in text
     assert "2 coroutines, 1 name: longest wait <= the best peer's" in text  # a target
+    assert "## Replica acknowledgement" in text
+    assert "## Election hand-over" in text
     assert "## Not measured" not in text  # every peer ran, the plot was drawn
     assert f"]({plot.name})" in text
     assert plot.read_bytes().startswith(b"\x89PNG")

@@ -5,6 +5,7 @@ its releases are published to that slot's shard, and its waiters are woken from 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from asynclock import (
+    Election,
     LinearBackoff,
     LockEvent,
     LockLost,
@@ -403,3 +405,39 @@ async def test_a_decorated_function_runs_once_at_a_time_on_a_cluster(
     results = await asyncio.gather(*(report(n % 3) for n in range(12)))
     assert sorted(results) == sorted(n % 3 for n in range(12))
     assert most == {0: 1, 1: 1, 2: 1}  # one call per name at a time
+
+
+async def test_an_election_on_a_cluster(cluster: RedisCluster, cluster_port: int) -> None:
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        first = Election(cluster, "scheduler", identity="first", ttl=5)
+        second = Election(other, "scheduler", identity="second", ttl=5)
+        seen: list[str | None] = []
+
+        async def observe() -> None:
+            async for info in Election(cluster, "scheduler").watch(interval=0.05):
+                seen.append(None if info is None else info.identity)
+
+        watching = asyncio.create_task(observe())
+        await asyncio.sleep(0.2)  # nobody leads yet
+        async with first as term:
+            info = await second.leader()
+            assert info is not None
+            assert (info.identity, info.term) == ("first", term.fencing_token)
+            campaign = asyncio.create_task(second.__aenter__())
+            await asyncio.sleep(0.3)
+            assert not campaign.done()
+        resigned = time.monotonic()
+        later = await asyncio.wait_for(campaign, 5)
+        took = time.monotonic() - resigned
+        assert later.fencing_token > term.fencing_token
+        await asyncio.sleep(0.2)
+        await second.resign()  # its term began in the campaign's task
+        await asyncio.sleep(0.2)
+        watching.cancel()
+        changes = [identity for identity, _ in itertools.groupby(seen)]
+        assert changes == [None, "first", "second", None]
+        if SHARDED:
+            assert took < 0.5  # woken by the step-down's notification
+    finally:
+        await other.aclose()

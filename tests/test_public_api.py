@@ -8,7 +8,9 @@ from importlib import resources
 import asynclock
 
 PUBLIC = [
+    "Election",
     "ExponentialBackoff",
+    "LeaderInfo",
     "Lease",
     "LimitMismatch",
     "LimitRetries",
