@@ -284,3 +284,32 @@ async def test_a_killed_leader_is_replaced_within_its_ttl(
         assert term.fencing_token > before.term
     print(f"a new leader {took:.2f} s after the kill (ttl {ttl} s)")
     assert ttl * 0.5 < took < ttl + 0.5  # not before the lease ran out; soon after
+
+
+async def test_cancelling_run_steps_down_at_once(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    first = Election(client, "cancelled-run", identity="first", ttl=10)
+    second = Election(make_client(), "cancelled-run", identity="second", ttl=10)
+    leading = asyncio.Event()
+
+    async def lead() -> None:
+        leading.set()
+        await asyncio.sleep(60)
+
+    running = asyncio.create_task(first.run(lead))
+    await asyncio.wait_for(leading.wait(), 5)
+
+    async def campaign() -> float:
+        async with second:
+            return time.monotonic()
+
+    campaigning = asyncio.create_task(campaign())
+    await asyncio.sleep(0.3)
+    assert not campaigning.done()
+    cancelled = time.monotonic()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    took = await asyncio.wait_for(campaigning, 5) - cancelled
+    assert took < 0.5  # released at the step-down, not after the TTL (10 s)

@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asynclock import MultiLock, Mutex, Semaphore
+from asynclock import Election, MultiLock, Mutex, Semaphore
 from asynclock._lock import LeaseLock
 
 SETTINGS = settings(
@@ -85,3 +85,34 @@ async def test_semaphore_input(
 async def test_multilock_input(client: redis.Redis, names_given: Any, ttl: Any) -> None:
     build = lambda: MultiLock(client, names_given, ttl=ttl)  # noqa: E731
     await accepted_or_refused(client, build, None)
+
+
+identities = st.one_of(st.text(max_size=6), st.text(min_size=1020, max_size=1030), junk)
+
+
+@SETTINGS
+@given(name=names, identity=identities, ttl=seconds, interval=seconds)
+async def test_election_input(
+    client: redis.Redis, name: Any, identity: Any, ttl: Any, interval: Any
+) -> None:
+    """An election is refused at construction (its watch() at its first step) before
+    any command, or it leads, reads its leader, watches, and steps down."""
+    before = await commands_seen(client)
+    try:
+        election = Election(client, name, identity=identity, ttl=ttl)
+    except (TypeError, ValueError):
+        assert await commands_seen(client) == before
+        return
+    watching = election.watch(interval=interval)
+    try:
+        await anext(watching)
+    except (TypeError, ValueError):
+        assert await commands_seen(client) == before
+        return
+    finally:
+        await watching.aclose()
+    async with election as term:
+        info = await election.leader()
+        assert info is not None
+        assert (info.identity, info.term) == (election.identity, term.fencing_token)
+    assert await election.leader() is None
