@@ -436,7 +436,10 @@ async def test_an_election_on_a_cluster(cluster: RedisCluster, cluster_port: int
         await asyncio.sleep(0.2)
         watching.cancel()
         changes = [identity for identity, _ in itertools.groupby(seen)]
-        assert changes == [None, "first", "second", None]
+        # Between the two terms, nobody may lead for a read or two (polling campaigners).
+        assert [identity for identity in changes if identity is not None] == ["first", "second"]
+        assert changes[0] is None
+        assert changes[-1] is None
         if SHARDED:
             assert took < 0.5  # woken by the step-down's notification
     finally:
