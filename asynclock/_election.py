@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from . import _events, _scripts
-from ._errors import LockLost
+from ._errors import LockLost, LockNotOwned
 from ._lease import Lease
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, base_key, owner_key
@@ -121,7 +121,8 @@ class Election:
         self._keys = (owner_key(prefix, self._name), base_key(prefix, "leader", self._name))
         self._term: Lease | None = None
         self._body: asyncio.Task[Any] | None = None
-        self._resigned = False
+        self._resigned = False  # resign() ended the current term
+        self._stopped = False  # ... and cancelled its body, run by another task
 
     def __repr__(self) -> str:
         return f"<Election {self._name!r} identity={self.identity!r}>"
@@ -148,7 +149,8 @@ class Election:
         except BaseException as exc:
             await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        self._term, self._body, self._resigned = lease, asyncio.current_task(), False
+        self._term, self._body = lease, asyncio.current_task()
+        self._resigned = self._stopped = False
         self._emit("leader_elected", lease)
         return lease
 
@@ -159,17 +161,18 @@ class Election:
         tb: TracebackType | None,
     ) -> bool:
         """End the term: step down (campaigners are woken at once), unless deposed."""
-        term, body, resigned = self._term, self._body, self._resigned
-        self._term, self._body, self._resigned = None, None, False
+        term, body, resigned, stopped = self._term, self._body, self._resigned, self._stopped
+        self._term, self._body, self._resigned, self._stopped = None, None, False, False
         try:
             await self._mutex.__aexit__(exc_type, exc, tb)
         except LockLost as lost:
             if term is not None:
                 self._emit("leader_deposed", term, lost)
             raise
-        if resigned and exc_type is asyncio.CancelledError and body is not None:
-            body.uncancel()  # our own cancel, from resign(): the term simply ended
-            return True
+        if stopped and exc_type is asyncio.CancelledError and body is not None:
+            # resign() cancelled the body: the term simply ended, unless another
+            # cancellation is pending too (then it goes on).
+            return body.uncancel() == 0
         if term is not None and not resigned:
             self._emit("leader_resigned", term)
             await self._tell_watchers()
@@ -212,10 +215,21 @@ class Election:
             return
         self._resigned = True
         self._emit("leader_resigned", term)
-        await term.release()
-        if body is not None and body is not asyncio.current_task() and not body.done():
-            body.cancel()
-        await self._tell_watchers()
+        try:
+            with contextlib.suppress(LockNotOwned):  # lost meanwhile: no longer leading
+                await term.release()
+        finally:
+            # Only a body still inside its term: one already leaving it (its own
+            # release under way) must not have that release cancelled.
+            if (
+                body is not None
+                and body is not asyncio.current_task()
+                and not body.done()
+                and self._term is term
+            ):
+                self._stopped = True
+                body.cancel()
+            await self._tell_watchers()
 
     async def run(
         self, fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs

@@ -313,3 +313,23 @@ async def test_cancelling_run_steps_down_at_once(
         await running
     took = await asyncio.wait_for(campaigning, 5) - cancelled
     assert took < 0.5  # released at the step-down, not after the TTL (10 s)
+
+
+async def test_a_resign_from_the_body_does_not_swallow_a_later_cancellation(
+    client: redis.Redis,
+) -> None:
+    election = Election(client, "inner-resign", identity="me", ttl=10)
+    resigned = asyncio.Event()
+
+    async def lead() -> None:
+        await election.resign()  # steps down, and goes on without leading
+        assert not election.leading
+        resigned.set()
+        await asyncio.sleep(60)
+
+    running = asyncio.create_task(election.run(lead))
+    await asyncio.wait_for(resigned.wait(), 5)
+    assert await election.leader() is None
+    running.cancel()  # not resign()'s: it must propagate
+    with pytest.raises(asyncio.CancelledError):
+        await running
