@@ -123,6 +123,8 @@ class Election:
         self._body: asyncio.Task[Any] | None = None
         self._resigned = False  # resign() ended the current term
         self._stopped = False  # ... and cancelled its body, run by another task
+        self._campaigner: asyncio.Task[Any] | None = None  # the task campaigning or leading
+        self._deposed: LockLost | None = None  # the latest term's loss
 
     def __repr__(self) -> str:
         return f"<Election {self._name!r} identity={self.identity!r}>"
@@ -140,16 +142,28 @@ class Election:
     # -- one term ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Lease:
-        """Campaign until elected, announce this replica, and return the term's lease."""
-        if self.leading:
-            raise RuntimeError(f"election {self._name!r}: this object already leads")
-        lease = await self._mutex.__aenter__()
+        """Campaign until elected, announce this replica, and return the term's lease.
+
+        :raises RuntimeError: another task campaigns or leads with this object (one
+            object per campaigning task: its term is its state)
+        """
+        task = asyncio.current_task()
+        if self._campaigner is not None and not self._campaigner.done():
+            raise RuntimeError(
+                f"election {self._name!r}: another task campaigns or leads with this object"
+            )
+        self._campaigner = task
         try:
-            await self._announce(lease)
-        except BaseException as exc:
-            await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
+            lease = await self._mutex.__aenter__()
+            try:
+                await self._announce(lease)
+            except BaseException as exc:
+                await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException:
+            self._campaigner = None
             raise
-        self._term, self._body = lease, asyncio.current_task()
+        self._term, self._body = lease, task
         self._resigned = self._stopped = False
         self._emit("leader_elected", lease)
         return lease
@@ -163,9 +177,11 @@ class Election:
         """End the term: step down (campaigners are woken at once), unless deposed."""
         term, body, resigned, stopped = self._term, self._body, self._resigned, self._stopped
         self._term, self._body, self._resigned, self._stopped = None, None, False, False
+        self._campaigner = None
         try:
             await self._mutex.__aexit__(exc_type, exc, tb)
         except LockLost as lost:
+            self._deposed = lost  # the term's own loss, which run() survives
             if term is not None:
                 self._emit("leader_deposed", term, lost)
             raise
@@ -208,7 +224,8 @@ class Election:
         ``async with`` ends without an error, and :meth:`run` returns ``None``.
 
         Called from the body itself, it releases, and the body goes on to its end
-        without leading.
+        without leading. It ends the current term only: a :meth:`run` between terms
+        (campaigning) goes on; cancel ``run`` to stop campaigning.
         """
         term, body = self._term, self._body
         if term is None or not term.owned:
@@ -246,7 +263,9 @@ class Election:
                 async with self:
                     return await fn(*args, **kwargs)
                 return None  # resigned: the body was stopped
-            except LockLost:
+            except LockLost as lost:
+                if lost is not self._deposed:
+                    raise  # fn's own (a lock of its own lost): it propagates
                 continue  # deposed: campaign again
 
     # -- observing -----------------------------------------------------------------------
@@ -274,22 +293,31 @@ class Election:
         Woken by the announcements and step-downs, published on the election's own
         channels; read again every ``interval`` seconds as well, so that a change
         whose message was missed (a leader that crashed publishes nothing) is seen
-        within ``interval`` or the lease's TTL. On a Redis Cluster client it reads
-        every ``interval`` seconds only.
+        within ``interval`` or the lease's TTL. On a Redis Cluster client, or one whose
+        pool has a single connection, or after its subscription failed, it reads every
+        ``interval`` seconds only.
         """
         every = check_seconds(interval, "interval")
-        pubsub = None if _scripts.is_cluster(self._client) else self._client.pubsub()
+        pubsub = self._client.pubsub() if _can_subscribe(self._client) else None
         try:
             if pubsub is not None:
-                # Subscribed before the first read: no change between them is missed.
-                await pubsub.subscribe(*self._keys)
+                try:
+                    # Subscribed before the first read: no change between them is missed.
+                    await pubsub.subscribe(*self._keys)
+                except BACKEND_ERRORS:
+                    await _closed(pubsub)
+                    pubsub = None  # read every interval instead
             last: object = _NOTHING_YET
             while True:
                 now = await self.leader()
                 if now != last:
                     last = now
                     yield now
-                await _message_or_pause(pubsub, every)
+                try:
+                    await _message_or_pause(pubsub, every)
+                except BACKEND_ERRORS:
+                    await _closed(pubsub)
+                    pubsub = None
         finally:
             if pubsub is not None:
                 await pubsub.aclose()
@@ -324,6 +352,22 @@ async def _message_or_pause(pubsub: Any, seconds: float) -> None:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
         if message is not None:
             return
+
+
+def _can_subscribe(client: Any) -> bool:
+    """Whether ``client`` can give a watcher a pub/sub connection of its own: not a
+    cluster client (its step-downs are not published), nor a pool of one connection
+    (the subscription would take the one its reads need)."""
+    if _scripts.is_cluster(client):
+        return False
+    max_connections = getattr(client.connection_pool, "max_connections", None)
+    return max_connections is None or max_connections >= 2
+
+
+async def _closed(pubsub: Any) -> None:
+    """Close ``pubsub`` after a failure, whatever its state; the watcher polls on."""
+    with contextlib.suppress(*BACKEND_ERRORS):
+        await pubsub.aclose()
 
 
 def _check_identity(identity: object) -> str:

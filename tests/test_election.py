@@ -333,3 +333,53 @@ async def test_a_resign_from_the_body_does_not_swallow_a_later_cancellation(
     running.cancel()  # not resign()'s: it must propagate
     with pytest.raises(asyncio.CancelledError):
         await running
+
+
+async def test_a_lock_lost_inside_the_leaders_work_is_its_error_not_a_lost_term(
+    client: redis.Redis,
+) -> None:
+    election = Election(client, "outer", identity="me", ttl=5)
+
+    async def lead() -> None:
+        async with asynclock.Mutex(client, "inner", ttl=1.5):
+            await client.delete(owner_key("inner"))
+            await asyncio.sleep(5)  # cancelled by the inner lock's loss
+
+    with pytest.raises(LockLost, match="inner"):
+        await asyncio.wait_for(election.run(lead), 10)
+    assert await election.leader() is None  # the term ended with the error
+
+
+async def test_one_election_object_campaigns_in_one_task_at_a_time(client: redis.Redis) -> None:
+    election = Election(client, "shared", identity="me", ttl=5)
+    entered = asyncio.Event()
+
+    async def lead() -> None:
+        entered.set()
+        await asyncio.sleep(60)
+
+    running = asyncio.create_task(election.run(lead))
+    await asyncio.wait_for(entered.wait(), 5)
+    with pytest.raises(RuntimeError, match="another task"):
+        await election.__aenter__()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    async with election:  # free again once that task's term ended
+        assert election.leading
+
+
+async def test_watch_reads_at_its_interval_on_a_pool_of_one_connection(redis_url: str) -> None:
+    single = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=1, timeout=5))  # fmt: skip
+    leader = Election(single, "single", identity="only", ttl=5)
+    watching = Election(single, "single").watch(interval=0.05)
+    try:
+        assert await anext(watching) is None
+        async with leader:
+            info = await asyncio.wait_for(anext(watching), 5)
+            assert info is not None
+            assert info.identity == "only"
+    finally:
+        await watching.aclose()
+        await single.aclose()
