@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from . import _events, _scripts
 from ._errors import LockLost, LockNotOwned
-from ._lease import Lease
+from ._lease import _MAX_REPEATED_CANCELS, _REPEATED_CANCEL_INTERVAL, Lease
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, base_key, owner_key
 from ._resource import BACKEND_ERRORS
@@ -122,7 +123,7 @@ class Election:
         self._term: Lease | None = None
         self._body: asyncio.Task[Any] | None = None
         self._resigned = False  # resign() ended the current term
-        self._stopped = False  # ... and cancelled its body, run by another task
+        self._stopped = 0  # ... and cancelled its body (run by another task) so many times
         self._campaigner: asyncio.Task[Any] | None = None  # the task campaigning or leading
         self._deposed: LockLost | None = None  # the latest term's loss
 
@@ -164,7 +165,7 @@ class Election:
             self._campaigner = None
             raise
         self._term, self._body = lease, task
-        self._resigned = self._stopped = False
+        self._resigned, self._stopped = False, 0
         self._emit("leader_elected", lease)
         return lease
 
@@ -176,7 +177,7 @@ class Election:
     ) -> bool:
         """End the term: step down (campaigners are woken at once), unless deposed."""
         term, body, resigned, stopped = self._term, self._body, self._resigned, self._stopped
-        self._term, self._body, self._resigned, self._stopped = None, None, False, False
+        self._term, self._body, self._resigned, self._stopped = None, None, False, 0
         self._campaigner = None
         try:
             await self._mutex.__aexit__(exc_type, exc, tb)
@@ -188,7 +189,9 @@ class Election:
         if stopped and exc_type is asyncio.CancelledError and body is not None:
             # resign() cancelled the body: the term simply ended, unless another
             # cancellation is pending too (then it goes on).
-            return body.uncancel() == 0
+            for _ in range(stopped):
+                pending = body.uncancel()
+            return pending == 0
         if term is not None and not resigned:
             self._emit("leader_resigned", term)
             await self._tell_watchers()
@@ -238,15 +241,22 @@ class Election:
         finally:
             # Only a body still inside its term: one already leaving it (its own
             # release under way) must not have that release cancelled.
-            if (
-                body is not None
-                and body is not asyncio.current_task()
-                and not body.done()
-                and self._term is term
-            ):
-                self._stopped = True
-                body.cancel()
+            if body is not None and body is not asyncio.current_task():
+                self._stop_body(body, term)
             await self._tell_watchers()
+
+    def _stop_body(self, body: asyncio.Task[Any], term: Lease) -> None:
+        """Cancel ``term``'s body, while it is inside the term; on Python 3.11, again
+        until it leaves it, as a lease's loss does (``Lease._cancel_holder``: 3.11's
+        ``wait_for`` may drop a cancellation)."""
+        if body.done() or self._term is not term:
+            return
+        body.cancel(msg="asynclock: resigned")
+        self._stopped += 1
+        if sys.version_info < (3, 12) and self._stopped <= _MAX_REPEATED_CANCELS:
+            asyncio.get_running_loop().call_later(
+                _REPEATED_CANCEL_INTERVAL, self._stop_body, body, term
+            )
 
     async def run(
         self, fn: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs
