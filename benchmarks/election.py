@@ -32,7 +32,9 @@ async def measure(url: str, hand_overs: int = HAND_OVERS) -> dict[str, float]:
     ]
     took: list[float] = []
     try:
-        await replicas[0].__aenter__()
+        # Each term begins in a task of its own (one task campaigns per Election object
+        # at a time), and ends by resign() from here.
+        await asyncio.create_task(replicas[0].__aenter__())
         for n in range(hand_overs + 1):  # the first, with connections opening, not kept
             leader, campaigner = replicas[n % 2], replicas[1 - n % 2]
             campaign = asyncio.create_task(campaigner.__aenter__())
