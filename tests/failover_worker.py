@@ -6,8 +6,8 @@ Usage: python failover_worker.py CLUSTER_URL NAME COROUTINES REPLICAS OUT_PATH
 Each coroutine enters ``Mutex(NAME, ttl=TTL, replicas=REPLICAS)`` again and again until
 standard input is closed (at most ``LONGEST`` seconds), and records every section it entered:
 start and end on ``time.monotonic()`` (one clock for every process on the machine), its
-fencing token, and whether the lease was lost (then the end is when the loss reached the
-body, later than the body's real end: an overlap is never hidden). Failed tries are
+fencing token, and whether the lease was lost (the end is when the body stopped: a loss
+cancels it there, before the lease's keys are given back). Failed tries are
 counted by kind. The records and the counts go to OUT_PATH as JSON.
 """
 
@@ -45,18 +45,20 @@ async def contend(url: str, name: str, coroutines: int, replicas: int) -> dict[s
             try:
                 async with lock as lease:
                     start = time.monotonic()
-                    # Mostly short sections, now and then one across an extension.
-                    await asyncio.sleep(random.choice([0.002, 0.005, 0.01, 0.02] * 3 + [1.2]))
-                    end = time.monotonic()
+                    try:
+                        # Mostly short sections, now and then one across an extension.
+                        await asyncio.sleep(random.choice([0.002, 0.005, 0.01, 0.02] * 3 + [1.2]))
+                    finally:
+                        end = time.monotonic()  # the body's end: a loss cancels it here
                 lost = False
             except LockLost:
-                end, lost = time.monotonic(), True
+                lost = True
             except (LockBackendError, LockNotAcquired) as exc:
                 failures[type(exc).__name__] += 1
                 if start is None:  # refused or failed before the body
                     await asyncio.sleep(0.1)
                     continue
-                end, lost = time.monotonic(), False  # the release failed: still a section
+                lost = False  # the release failed: still a section
             assert start is not None
             records.append({"start": start, "end": end, "fence": lease.fencing_token, "lost": lost})
 

@@ -186,7 +186,10 @@ async def contend_through_failovers(
                 async with lock as lease:
                     start, lost = time.monotonic(), False
                     failover = asyncio.create_task(fail_over(doomed, heir))
-                    await asyncio.sleep(TTL + 1)  # past the lease, unless extended
+                    try:
+                        await asyncio.sleep(TTL + 1)  # past the lease, unless extended
+                    finally:
+                        end = time.monotonic()  # the body's end: a loss cancels it here
             except LockLost:
                 lost = True
             except LockBackendError:
@@ -199,7 +202,7 @@ async def contend_through_failovers(
                 records.append(
                     {
                         "start": start,
-                        "end": time.monotonic(),
+                        "end": end,
                         "fence": lease.fencing_token,
                         "lost": lost,
                     }

@@ -125,25 +125,27 @@ async def test_a_sentinel_failover_with_and_without_replicas(
         outcome = "released"
         try:
             async with holder as lease:
-                first_token = lease.fencing_token
-                waiting = asyncio.create_task(acquired_at(waiter))
-                await asyncio.sleep(0.5)
-                assert not waiting.done()
-                if how == "SIGKILL":
-                    primary.kill()  # found down by the sentinels after a second
-                else:
-                    with redis.Redis(port=sentinel_ports[0]) as client:
-                        client.execute_command("SENTINEL", "FAILOVER", SERVICE)
-                began = time.monotonic()
-                deadline = began + 30
-                while role(replica.port) != "master":
-                    assert time.monotonic() < deadline, "the replica was not promoted"
-                    await asyncio.sleep(0.1)
-                promoted = time.monotonic() - began
-                await asyncio.sleep(2 * ttl)  # extensions go on, or the lease is lost
+                try:
+                    first_token = lease.fencing_token
+                    waiting = asyncio.create_task(acquired_at(waiter))
+                    await asyncio.sleep(0.5)
+                    assert not waiting.done()
+                    if how == "SIGKILL":
+                        primary.kill()  # found down by the sentinels after a second
+                    else:
+                        with redis.Redis(port=sentinel_ports[0]) as client:
+                            client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                    began = time.monotonic()
+                    deadline = began + 30
+                    while role(replica.port) != "master":
+                        assert time.monotonic() < deadline, "the replica was not promoted"
+                        await asyncio.sleep(0.1)
+                    promoted = time.monotonic() - began
+                    await asyncio.sleep(2 * ttl)  # extensions go on, or the lease is lost
+                finally:
+                    ended = time.monotonic()  # the body's end: a loss cancels it here
         except LockLost:
             outcome = "lost"
-        ended = time.monotonic()
         acquired = await asyncio.wait_for(waiting, 60)
         overlap = max(0.0, ended - acquired)
         assert waiter.fencing_token > first_token
