@@ -25,6 +25,20 @@ from .test_processes import overlaps
 HERE = Path(__file__).parent
 
 
+async def leading_in_a_task(election: Election) -> asyncio.Task[None]:
+    """Start ``election.run()`` with a body that leads until cancelled; return its task
+    once it leads."""
+    leading = asyncio.Event()
+
+    async def lead() -> None:
+        leading.set()
+        await asyncio.sleep(60)
+
+    running = asyncio.create_task(election.run(lead))
+    await asyncio.wait_for(leading.wait(), 5)
+    return running
+
+
 async def test_a_term_announces_its_leader_and_ends_with_the_body(client: redis.Redis) -> None:
     election = Election(client, "scheduler", identity="web-1:11", ttl=5)
     assert await election.leader() is None
@@ -291,14 +305,7 @@ async def test_cancelling_run_steps_down_at_once(
 ) -> None:
     first = Election(client, "cancelled-run", identity="first", ttl=10)
     second = Election(make_client(), "cancelled-run", identity="second", ttl=10)
-    leading = asyncio.Event()
-
-    async def lead() -> None:
-        leading.set()
-        await asyncio.sleep(60)
-
-    running = asyncio.create_task(first.run(lead))
-    await asyncio.wait_for(leading.wait(), 5)
+    running = await leading_in_a_task(first)
 
     async def campaign() -> float:
         async with second:
@@ -352,14 +359,7 @@ async def test_a_lock_lost_inside_the_leaders_work_is_its_error_not_a_lost_term(
 
 async def test_one_election_object_campaigns_in_one_task_at_a_time(client: redis.Redis) -> None:
     election = Election(client, "shared", identity="me", ttl=5)
-    entered = asyncio.Event()
-
-    async def lead() -> None:
-        entered.set()
-        await asyncio.sleep(60)
-
-    running = asyncio.create_task(election.run(lead))
-    await asyncio.wait_for(entered.wait(), 5)
+    running = await leading_in_a_task(election)
     with pytest.raises(RuntimeError, match="another task"):
         await election.__aenter__()
     running.cancel()

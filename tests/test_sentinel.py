@@ -18,9 +18,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -97,6 +98,19 @@ def deployment() -> Iterator[tuple[RedisServer, RedisServer, list[int]]]:
         yield primary, replica, [sentinel.port for sentinel in sentinels]
 
 
+@pytest.fixture
+async def clients(
+    deployment: tuple[RedisServer, RedisServer, list[int]],
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A holder's and a waiter's client of the service, through ``Sentinel.master_for``."""
+    sentinel = Sentinel([("127.0.0.1", port) for port in deployment[2]], socket_timeout=1)
+    holder_client = sentinel.master_for(SERVICE)
+    waiter_client = sentinel.master_for(SERVICE)
+    yield holder_client, waiter_client
+    await holder_client.aclose()
+    await waiter_client.aclose()
+
+
 def role(port: int) -> str:
     """``master`` or ``slave``: what the server at ``port`` is now."""
     with redis.Redis(port=port) as client:
@@ -112,110 +126,101 @@ async def acquired_at(lock: Mutex) -> float:
 @pytest.mark.parametrize("replicas", [1, 0])
 @pytest.mark.parametrize("how", ["SENTINEL FAILOVER", "SIGKILL"])
 async def test_a_sentinel_failover_with_and_without_replicas(
-    deployment: tuple[RedisServer, RedisServer, list[int]], how: str, replicas: int
+    deployment: tuple[RedisServer, RedisServer, list[int]],
+    clients: tuple[Any, Any],
+    how: str,
+    replicas: int,
 ) -> None:
     primary, replica, sentinel_ports = deployment
-    sentinel = Sentinel([("127.0.0.1", port) for port in sentinel_ports], socket_timeout=1)
-    holder_client = sentinel.master_for(SERVICE)
-    waiter_client = sentinel.master_for(SERVICE)
+    holder_client, waiter_client = clients
+    ttl = 3.0
+    holder = Mutex(holder_client, "nightly", ttl=ttl, replicas=replicas, replica_timeout=0.5)
+    waiter = Mutex(waiter_client, "nightly", ttl=ttl)
+    outcome = "released"
     try:
-        ttl = 3.0
-        holder = Mutex(holder_client, "nightly", ttl=ttl, replicas=replicas, replica_timeout=0.5)
-        waiter = Mutex(waiter_client, "nightly", ttl=ttl)
-        outcome = "released"
-        try:
-            async with holder as lease:
-                try:
-                    first_token = lease.fencing_token
-                    waiting = asyncio.create_task(acquired_at(waiter))
-                    await asyncio.sleep(0.5)
-                    assert not waiting.done()
-                    if how == "SIGKILL":
-                        primary.kill()  # found down by the sentinels after a second
-                    else:
-                        with redis.Redis(port=sentinel_ports[0]) as client:
-                            client.execute_command("SENTINEL", "FAILOVER", SERVICE)
-                    began = time.monotonic()
-                    deadline = began + 30
-                    while role(replica.port) != "master":
-                        assert time.monotonic() < deadline, "the replica was not promoted"
-                        await asyncio.sleep(0.1)
-                    promoted = time.monotonic() - began
-                    await asyncio.sleep(2 * ttl)  # extensions go on, or the lease is lost
-                finally:
-                    ended = time.monotonic()  # the body's end: a loss cancels it here
-        except LockLost:
-            outcome = "lost"
-        acquired = await asyncio.wait_for(waiting, 60)
-        overlap = max(0.0, ended - acquired)
-        assert waiter.fencing_token > first_token
-        await waiter.release()
-        print(
-            f"{how}, replicas={replicas}: promoted after {promoted:.2f} s; the holder's lease"
-            f" {outcome} {ended - began:.2f} s after; the waiter held the lock"
-            f" {acquired - began:.2f} s after: two holders for {overlap:.2f} s"
-        )
-        if replicas:
-            assert overlap == 0  # never while the holder's body ran
-        # Without: whatever happened was measured, and README reports it.
-    finally:
-        await holder_client.aclose()
-        await waiter_client.aclose()
+        async with holder as lease:
+            try:
+                first_token = lease.fencing_token
+                waiting = asyncio.create_task(acquired_at(waiter))
+                await asyncio.sleep(0.5)
+                assert not waiting.done()
+                if how == "SIGKILL":
+                    primary.kill()  # found down by the sentinels after a second
+                else:
+                    with redis.Redis(port=sentinel_ports[0]) as client:
+                        client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                began = time.monotonic()
+                deadline = began + 30
+                while role(replica.port) != "master":
+                    assert time.monotonic() < deadline, "the replica was not promoted"
+                    await asyncio.sleep(0.1)
+                promoted = time.monotonic() - began
+                await asyncio.sleep(2 * ttl)  # extensions go on, or the lease is lost
+            finally:
+                ended = time.monotonic()  # the body's end: a loss cancels it here
+    except LockLost:
+        outcome = "lost"
+    acquired = await asyncio.wait_for(waiting, 60)
+    overlap = max(0.0, ended - acquired)
+    assert waiter.fencing_token > first_token
+    await waiter.release()
+    print(
+        f"{how}, replicas={replicas}: promoted after {promoted:.2f} s; the holder's lease"
+        f" {outcome} {ended - began:.2f} s after; the waiter held the lock"
+        f" {acquired - began:.2f} s after: two holders for {overlap:.2f} s"
+    )
+    if replicas:
+        assert overlap == 0  # never while the holder's body ran
+    # Without: whatever happened was measured, and README reports it.
 
 
 async def test_without_replicas_a_primary_lost_before_its_replica_had_the_lock(
-    deployment: tuple[RedisServer, RedisServer, list[int]],
+    deployment: tuple[RedisServer, RedisServer, list[int]], clients: tuple[Any, Any]
 ) -> None:
     """The hole ``replicas=`` closes, measured: the primary dies before its replica got
     the lock, and the promoted replica may hand it out again while the first holder
     still runs, until that holder's next extension."""
-    primary, replica, sentinel_ports = deployment
-    sentinel = Sentinel([("127.0.0.1", port) for port in sentinel_ports], socket_timeout=1)
-    holder_client = sentinel.master_for(SERVICE)
-    waiter_client = sentinel.master_for(SERVICE)
-    try:
-        ttl = 3.0
-        holder = Mutex(holder_client, "nightly", ttl=ttl)
-        waiter = Mutex(waiter_client, "nightly", ttl=ttl)
-        with redis.Redis(port=primary.port) as admin:
-            # The replica frozen until the primary gives up on it (a second without an
-            # acknowledgement), so that nothing written from then on reaches it.
-            admin.config_set("repl-timeout", 1)
-            assert replica.pid is not None
-            os.kill(replica.pid, signal.SIGSTOP)
+    primary, replica, _ = deployment
+    holder_client, waiter_client = clients
+    ttl = 3.0
+    holder = Mutex(holder_client, "nightly", ttl=ttl)
+    waiter = Mutex(waiter_client, "nightly", ttl=ttl)
+    with redis.Redis(port=primary.port) as admin:
+        # The replica frozen until the primary gives up on it (a second without an
+        # acknowledgement), so that nothing written from then on reaches it.
+        admin.config_set("repl-timeout", 1)
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 10
+            while admin.info("replication")["connected_slaves"]:
+                assert time.monotonic() < deadline, "the primary kept its replica"
+                await asyncio.sleep(0.1)
+        except BaseException:
+            os.kill(replica.pid, signal.SIGCONT)
+            raise
+    with pytest.raises(LockLost):
+        async with holder as lease:
+            primary.kill()
+            os.kill(replica.pid, signal.SIGCONT)  # back, without the lock
+            killed = time.monotonic()
+            waiting = asyncio.create_task(acquired_at(waiter))
             try:
-                deadline = time.monotonic() + 10
-                while admin.info("replication")["connected_slaves"]:
-                    assert time.monotonic() < deadline, "the primary kept its replica"
-                    await asyncio.sleep(0.1)
-            except BaseException:
-                os.kill(replica.pid, signal.SIGCONT)
-                raise
-        with pytest.raises(LockLost):
-            async with holder as lease:
-                primary.kill()
-                os.kill(replica.pid, signal.SIGCONT)  # back, without the lock
-                killed = time.monotonic()
-                waiting = asyncio.create_task(acquired_at(waiter))
-                try:
-                    await asyncio.sleep(2 * ttl)  # cancelled at the lease's deadline
-                finally:
-                    ended = time.monotonic()
-        acquired = await asyncio.wait_for(waiting, 60)
-        print(
-            f"the waiter held the lock {acquired - killed:.2f} s after the kill, the holder"
-            f" lost it {ended - killed:.2f} s after: two holders for {ended - acquired:.2f} s;"
-            f" fencing tokens {lease.fencing_token} then {waiter.fencing_token}"
-        )
-        # Two holders or not depends on who reaches the promoted replica first: the
-        # waiter (then the holder's next extension finds the key taken) or the holder's
-        # extension (then it finds the key gone). Either way the holder is told, by its
-        # lease's deadline at the latest.
-        assert ended - killed < ttl + 0.5
-        # The counter's write was lost too, yet the tokens increase: they never fall
-        # behind the server's clock.
-        assert waiter.fencing_token > lease.fencing_token
-        await waiter.release()
-    finally:
-        await holder_client.aclose()
-        await waiter_client.aclose()
+                await asyncio.sleep(2 * ttl)  # cancelled at the lease's deadline
+            finally:
+                ended = time.monotonic()
+    acquired = await asyncio.wait_for(waiting, 60)
+    print(
+        f"the waiter held the lock {acquired - killed:.2f} s after the kill, the holder"
+        f" lost it {ended - killed:.2f} s after: two holders for {ended - acquired:.2f} s;"
+        f" fencing tokens {lease.fencing_token} then {waiter.fencing_token}"
+    )
+    # Two holders or not depends on who reaches the promoted replica first: the
+    # waiter (then the holder's next extension finds the key taken) or the holder's
+    # extension (then it finds the key gone). Either way the holder is told, by its
+    # lease's deadline at the latest.
+    assert ended - killed < ttl + 0.5
+    # The counter's write was lost too, yet the tokens increase: they never fall
+    # behind the server's clock.
+    assert waiter.fencing_token > lease.fencing_token
+    await waiter.release()
