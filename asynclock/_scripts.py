@@ -272,16 +272,12 @@ async def _on_node(cluster: Any, key: str, *commands: tuple[Any, ...]) -> list[A
             except ResponseError as exc:  # the connection is still in step
                 replies.append(exc)
         return replies
-    except AttributeError as exc:  # reset under us by a refresh of the slot map
-        if not _stream_gone(exc):
+    except (AttributeError, RuntimeError) as exc:  # see _lost_connection
+        lost = _lost_connection(exc)
+        if lost is None:
             raise
         await _drop(conn)
-        raise _lost(exc) from exc
-    except RuntimeError as exc:  # uvloop: a write to a transport closed under us
-        if not _closed_transport(exc):
-            raise
-        await _drop(conn)
-        raise _lost(exc) from exc
+        raise lost from exc
     finally:
         # A cancelled or failed read has disconnected the connection (redis-py does
         # it): it reconnects at its next use, so it goes back all the same.
@@ -310,19 +306,21 @@ async def run_command(client: Any, *command: Any) -> Any:
     if pool is None or getattr(client, "single_connection_client", True):
         try:
             return await client.execute_command(*command)
-        except AttributeError as exc:
-            if not _stream_gone(exc):
+        except (AttributeError, RuntimeError) as exc:  # see _lost_connection
+            lost = _lost_connection(exc)
+            if lost is None:
                 raise
-            raise _lost(exc) from exc
+            raise lost from exc
     try:
         if _takes_command_name(type(pool)):
             conn = await pool.get_connection(command[0])
         else:
             conn = await pool.get_connection()
     except RuntimeError as exc:  # connecting wrote to a transport closed under it
-        if not _closed_transport(exc):
+        lost = _lost_connection(exc)
+        if lost is None:
             raise
-        raise _lost(exc) from exc
+        raise lost from exc
     try:
         return await conn.retry.call_with_retry(
             lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
@@ -344,36 +342,40 @@ async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
         else:
             await conn.send_command(*command)
     except RuntimeError as exc:
-        if not _closed_transport(exc):
+        lost = _lost_connection(exc)
+        if lost is None:
             raise
-        raise _lost(exc) from exc
+        raise lost from exc
     return await conn.read_response()
 
 
-def _closed_transport(error: RuntimeError) -> bool:
-    """Whether ``error`` is uvloop's for a write to a transport closed under it.
+def _lost_connection(error: Exception) -> RedisConnectionError | None:
+    """The lost connection that ``error`` stands for, or ``None`` if it is not one.
 
-    asyncio's own loop raises an ``OSError`` there, which redis-py reports as a
-    ``ConnectionError``; uvloop raises ``RuntimeError``, which would escape as is.
+    Some of a client's own faults come from a connection, or a node, lost under a
+    command, and would escape as they are; they are reported (and retried) as the lost
+    connections they are:
+
+    - uvloop's ``RuntimeError`` for a write to a transport closed under it (asyncio's
+      own loop raises an ``OSError`` there, which redis-py reports as a
+      ``ConnectionError``);
+    - redis-py's ``AttributeError`` for a connection reset by one command while another
+      writes to it (``None`` has no ``writelines``), seen from its cluster client during
+      a slot migration;
+    - redis-py 5's ``RuntimeError`` from its cluster client mapping the slots anew while
+      another command drops a node that failed (the dictionary of nodes changes size
+      under the loop that reads it), seen during a failover.
     """
-    return "handler is closed" in str(error)
-
-
-def _stream_gone(error: AttributeError) -> bool:
-    """Whether ``error`` is redis-py's for a connection closed under a command.
-
-    Seen from its cluster client during a slot migration: a connection being reset
-    by one command while another writes to it (``None`` has no ``writelines``). It is
-    a lost connection, and is reported (and retried) as one.
-    """
-    return str(error).startswith("'NoneType' object has no attribute") and any(
-        name in str(error) for name in ("'writelines'", "'write'", "'drain'", "'read'")
-    )
-
-
-def _lost(error: Exception) -> RedisConnectionError:
-    """The lost connection that ``error`` reports, retried and mapped as one."""
-    return RedisConnectionError(f"Error while writing to the server: {error}")
+    text = str(error)
+    if isinstance(error, RuntimeError):
+        lost = "handler is closed" in text or "changed size during iteration" in text
+    elif isinstance(error, AttributeError):
+        lost = text.startswith("'NoneType' object has no attribute") and any(
+            name in text for name in ("'writelines'", "'write'", "'drain'", "'read'")
+        )
+    else:
+        lost = False
+    return RedisConnectionError(f"Error while writing to the server: {error}") if lost else None
 
 
 _NAMED: dict[type[Any], bool] = {}

@@ -1,10 +1,13 @@
-"""Each Lua script, called directly against the real server."""
+"""Each Lua script, called directly against the real server; and how a client's own faults
+are reported."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from asynclock import Mutex, Semaphore, _scripts
 from asynclock._names import PLACE_MS, NamedLocks, fence_key, line_keys, owner_key, tombstone_key
@@ -317,3 +320,37 @@ async def test_a_tombstone_matches_whole_tokens_only(client: redis.Redis) -> Non
     for part in ("a", "b", "xa", "bx"):  # parts of tokens are not tokens
         assert (await lock.acquire(client, part, 5000)).acquired
         assert await lock.release(client, part)
+
+
+class _FaultyCluster:
+    """A cluster client (no connection pool of its own) whose command fails with
+    ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def execute_command(self, *command: object) -> object:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        RuntimeError("dictionary changed size during iteration"),  # redis-py 5, failover
+        RuntimeError("unable to perform operation on <TCPTransport>; the handler is closed"),
+        AttributeError("'NoneType' object has no attribute 'writelines'"),
+    ],
+)
+async def test_a_clients_fault_for_a_lost_connection_is_reported_as_one(
+    fault: Exception,
+) -> None:
+    with pytest.raises(RedisConnectionError, match="Error while writing to the server"):
+        await _scripts.run_command(_FaultyCluster(fault), "GET", "a")
+
+
+@pytest.mark.parametrize(
+    "fault", [RuntimeError("a bug of ours"), AttributeError("'Lease' has no attribute 'x'")]
+)
+async def test_any_other_fault_escapes_as_it_is(fault: Exception) -> None:
+    with pytest.raises(type(fault), match=str(fault)):
+        await _scripts.run_command(_FaultyCluster(fault), "GET", "a")
