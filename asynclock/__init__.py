@@ -9,6 +9,7 @@ and ``LockLost`` raised), and when a task is cancelled halfway through an acquir
 from ._decorators import locked as locked
 from ._election import Election as Election
 from ._election import LeaderInfo as LeaderInfo
+from ._errors import FlightFailed as FlightFailed
 from ._errors import LockBackendError as LockBackendError
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
@@ -17,6 +18,8 @@ from ._errors import LockNotOwned as LockNotOwned
 from ._events import LockEvent as LockEvent
 from ._events import set_verbosity as set_verbosity
 from ._events import subscribe as subscribe
+from ._flight import Serializer as Serializer
+from ._flight import SingleFlight as SingleFlight
 from ._lease import Lease as Lease
 from ._lock import LockStatistics as LockStatistics
 from ._multilock import MultiLock as MultiLock
@@ -32,6 +35,7 @@ from ._semaphore import Semaphore as Semaphore
 __all__ = [
     "Election",
     "ExponentialBackoff",
+    "FlightFailed",
     "LeaderInfo",
     "Lease",
     "LimitMismatch",
@@ -49,6 +53,8 @@ __all__ = [
     "NoRetry",
     "RetryStrategy",
     "Semaphore",
+    "Serializer",
+    "SingleFlight",
     "locked",
     "set_verbosity",
     "subscribe",

@@ -8,9 +8,11 @@ Our exception hierarchy::
      ├── LockNotOwned         extend() or release() of a lease we no longer hold
      ├── LockLost             ownership was lost while the body of ``async with`` ran;
      │                        the body was cancelled and this is raised in its place
-     └── LockBackendError     Redis could not be reached or answered with an error
-                              (connection lost, timeout, server restart, ACL refusal);
-                              the redis-py exception is chained as ``__cause__``
+     ├── LockBackendError     Redis could not be reached or answered with an error
+     │                        (connection lost, timeout, server restart, ACL refusal);
+     │                        the redis-py exception is chained as ``__cause__``
+     └── FlightFailed         a single flight's job failed where it ran (in another
+                              process, or this one): its type name and message
 
 Bad arguments are not lock errors: they raise ``TypeError`` or ``ValueError`` before
 any command is sent.
@@ -90,3 +92,23 @@ class LockBackendError(LockError):
     def __init__(self, name: str, action: str, error: BaseException) -> None:
         super().__init__(f"{action} of lock {name!r} failed: {type(error).__name__}: {error}")
         self.name = name
+
+
+class FlightFailed(LockError):
+    """The job of a single flight raised, and this caller shares its outcome.
+
+    Callers that waited for a flight led elsewhere receive the leader's error as
+    this: its type's name and its message, never the object itself (nothing read
+    from Redis is unpickled). The leader's own callers receive the original
+    exception.
+
+    :ivar name: the flight's name
+    :ivar error_type: the name of the exception's type, such as ``"KeyError"``
+    :ivar message: the exception's message (``str(error)``)
+    """
+
+    def __init__(self, name: str, error_type: str, message: str) -> None:
+        super().__init__(f"single flight {name!r} failed: {error_type}: {message}")
+        self.name = name
+        self.error_type = error_type
+        self.message = message

@@ -409,3 +409,6 @@ SEMAPHORE_FORCE_RELEASE = Script.load("semaphore_force_release", after=("common"
 # What an Election runs beside its lease (asynclock/_election.py).
 ANNOUNCE = Script.load("announce", after=("common",))
 LEADER = Script.load("leader")
+# The single flight's (asynclock/_flight.py).
+LOOK = Script.load("look", after=("common",))
+LAND = Script.load("land", after=("common",))
