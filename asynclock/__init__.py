@@ -7,6 +7,7 @@ and ``LockLost`` raised), and when a task is cancelled halfway through an acquir
 """
 
 from ._decorators import locked as locked
+from ._decorators import single_flight as single_flight
 from ._election import Election as Election
 from ._election import LeaderInfo as LeaderInfo
 from ._errors import FlightFailed as FlightFailed
@@ -57,6 +58,7 @@ __all__ = [
     "SingleFlight",
     "locked",
     "set_verbosity",
+    "single_flight",
     "subscribe",
 ]
 

@@ -1,4 +1,5 @@
-"""``@locked``: run a coroutine function under a lock named from its arguments.
+"""``@locked``: run a coroutine function under a lock named from its arguments; and
+``@single_flight``: run it once for every concurrent call with the same arguments.
 
 ::
 
@@ -25,6 +26,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _events
 from ._errors import LockNotAcquired
+from ._flight import MAX_OUTCOME, Serializer, SingleFlight, check_flight
 from ._lease import Lease
 from ._lock import LeaseLock, check_client
 from ._mutex import Mutex
@@ -297,3 +299,86 @@ def _client_getter(source: ClientSource, signature: inspect.Signature) -> Callab
         return lambda arguments: source(arguments[first])
     check_client(source)
     return lambda arguments: source
+
+
+def single_flight(
+    name: str | None = None,
+    *,
+    client: ClientSource,
+    ttl: float = 30.0,
+    timeout: float | None = None,
+    keep_for: float | None = None,
+    serializer: Serializer | None = None,
+    max_outcome: int = MAX_OUTCOME,
+    replicas: int = 0,
+    replica_timeout: float = 1.0,
+    prefix: str = DEFAULT_PREFIX,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Decorate a coroutine function (or method) so that concurrent calls with the same
+    flight name, in any process, run it once and share its outcome
+    (:class:`~asynclock.SingleFlight`)::
+
+        class Reports:
+            def __init__(self, redis): self.redis = redis
+
+            @single_flight("report:{user_id}", client="redis", timeout=20.0)
+            async def build(self, user_id: int) -> dict: ...
+
+    :param name: the flight's name, a template formatted with the call's arguments by
+        parameter name (as for :func:`locked`); default: the function's module and
+        qualified name
+    :param client: the ``redis.asyncio`` client, the name of an attribute of the first
+        argument, or a callable returning the client (as for :func:`locked`)
+    :param ttl: the leader's lease, in seconds
+    :param timeout: the longest a call waits for another's run, in seconds
+    :param keep_for: how long a value stays for calls arriving after the run, in seconds
+    :param serializer: how values are encoded (default: JSON)
+    :param max_outcome: the largest encoded value, in bytes
+    :param replicas: replicas that must acknowledge the leader's lease
+    :param replica_timeout: how long to wait for them, in seconds
+    :param prefix: the key prefix
+    :raises TypeError: at decoration, if the function is not a coroutine function or an
+        argument has the wrong type
+    :raises ValueError: at decoration, if the template names an unknown parameter or
+        an argument is out of range
+
+    The wrapped function keeps its name, docstring, signature and type.
+    """
+    LeasePolicy.build(ttl=ttl, replicas=replicas, replica_timeout=replica_timeout)
+    check_flight(timeout, keep_for, serializer, max_outcome)
+    check_prefix(prefix)
+
+    def decorate(
+        func: Callable[P, Coroutine[Any, Any, R]],
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError(f"@single_flight needs a coroutine function (async def), not {func!r}")
+        signature = inspect.signature(func)
+        own_name = getattr(func, "__qualname__", None)
+        if own_name is None and name is None:
+            raise TypeError(f"@single_flight needs a name for {func!r}, which has no __qualname__")
+        template = f"{func.__module__}.{own_name}" if name is None else name
+        format_name = _name_formatter(template, signature)
+        get_client = _client_getter(client, signature)
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            flight = SingleFlight(
+                get_client(bound.arguments),
+                format_name(bound.arguments),
+                ttl=ttl,
+                timeout=timeout,
+                keep_for=keep_for,
+                serializer=serializer,
+                max_outcome=max_outcome,
+                replicas=replicas,
+                replica_timeout=replica_timeout,
+                prefix=prefix,
+            )
+            return await flight.run(func, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -35,6 +35,7 @@ from ._lease import Lease
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
 from ._notify import notifier_for
+from ._resource import BACKEND_ERRORS
 from ._validate import check_count, check_name, check_optional_seconds, check_prefix
 
 _T = TypeVar("_T")
@@ -129,13 +130,9 @@ class SingleFlight:
     ) -> None:
         self._name = check_name(name)
         prefix = check_prefix(prefix)
-        self._timeout = check_optional_seconds(timeout, "timeout")
-        keep = check_optional_seconds(keep_for, "keep_for")
-        self._keep_ms = 0 if keep is None else max(1, round(keep * 1000))
-        self._serializer = _check_serializer(serializer)
-        self._max_outcome = check_count(max_outcome, "max_outcome")
-        if self._max_outcome > _LARGEST_OUTCOME:
-            raise ValueError(f"max_outcome must be at most {_LARGEST_OUTCOME}, not {max_outcome}")
+        self._timeout, self._keep_ms, self._serializer, self._max_outcome = check_flight(
+            timeout, keep_for, serializer, max_outcome
+        )
         self._mutex = Mutex(
             client,
             self._name,
@@ -252,7 +249,12 @@ class SingleFlight:
         try:
             value = await self._as_leader(lease, floor, fn, args, kwargs)
         except BaseException as exc:
-            await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
+            try:
+                await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                # Maybe nothing landed: wake the followers, so that one leads now.
+                with contextlib.suppress(*BACKEND_ERRORS):
+                    await _scripts.WAKE(self._client, self._land_keys[1:], ())
             raise
         await self._mutex.__aexit__(None, None, None)
         return value
@@ -340,6 +342,20 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 def _error(error: BaseException) -> bytes:
     return _ERROR + json.dumps([type(error).__name__, str(error)]).encode()
+
+
+def check_flight(
+    timeout: object, keep_for: object, serializer: object, max_outcome: object
+) -> tuple[float | None, int, Serializer, int]:
+    """Check a flight's own options; return the timeout, ``keep_for`` in milliseconds
+    (0: not kept), the serializer and ``max_outcome``."""
+    checked_timeout = check_optional_seconds(timeout, "timeout")
+    keep = check_optional_seconds(keep_for, "keep_for")
+    keep_ms = 0 if keep is None else max(1, round(keep * 1000))
+    checked_max = check_count(max_outcome, "max_outcome")
+    if checked_max > _LARGEST_OUTCOME:
+        raise ValueError(f"max_outcome must be at most {_LARGEST_OUTCOME}, not {max_outcome}")
+    return checked_timeout, keep_ms, _check_serializer(serializer), checked_max
 
 
 def _check_serializer(serializer: object) -> Serializer:

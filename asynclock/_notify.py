@@ -34,6 +34,7 @@ This module knows nothing of locks: the local queue of waiters (``_queue.py``) u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import weakref
@@ -464,6 +465,11 @@ class ShardedNotifier:
         for channel in channels:
             self._wanted.setdefault(channel, set()).add(event)
         try:
+            # A client that has sent nothing yet knows no node: one that watches before
+            # its first command (a single flight's follower) reads the slot map first.
+            # Once read, this returns at once; if it fails, the waiter polls.
+            with contextlib.suppress(RedisClusterException, RedisError, OSError):
+                await self._client.initialize()
             await self._watch_on_nodes(channels, event)
         except BaseException:
             self.unwatch(channels, event)

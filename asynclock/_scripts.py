@@ -412,3 +412,4 @@ LEADER = Script.load("leader")
 # The single flight's (asynclock/_flight.py).
 LOOK = Script.load("look", after=("common",))
 LAND = Script.load("land", after=("common",))
+WAKE = Script.load("wake")

@@ -15,7 +15,7 @@ import anyio
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockLost, Mutex
+from asynclock import LockLost, Mutex, SingleFlight
 
 from .conftest import owner_key
 
@@ -94,3 +94,34 @@ async def test_a_loss_inside_a_task_group_raises_lock_lost(redis_url: str) -> No
             async with anyio.create_task_group() as group:
                 group.start_soon(holds)
         assert caught.group_contains(LockLost)
+
+
+async def test_a_single_flight_in_a_task_group_runs_once_and_a_cancel_scope_leaves_it(
+    redis_url: str,
+) -> None:
+    async with connected(redis_url) as client, connected(redis_url) as other:
+        runs = 0
+
+        async def job() -> int:
+            nonlocal runs
+            runs += 1
+            await anyio.sleep(0.1)
+            return runs
+
+        values: list[int] = []
+
+        async def ask(on: redis.Redis) -> None:
+            values.append(await SingleFlight(on, "flight", ttl=30).run(job))
+
+        async with anyio.create_task_group() as group:
+            for on in (client, other, client, other):
+                group.start_soon(ask, on)
+        assert (runs, values) == (1, [1, 1, 1, 1])
+
+        async def forever() -> None:
+            await anyio.sleep(60)
+
+        with anyio.move_on_after(0.2) as scope:
+            await SingleFlight(client, "stuck", ttl=30).run(forever)
+        assert scope.cancelled_caught
+        assert await client.exists(owner_key("stuck")) == 0  # the leader's lease released

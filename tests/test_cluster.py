@@ -24,6 +24,7 @@ from asynclock import (
     MultiLock,
     Mutex,
     Semaphore,
+    SingleFlight,
     locked,
     subscribe,
 )
@@ -174,6 +175,43 @@ async def test_a_release_on_a_cluster_wakes_a_waiter_of_another_client_at_once(
             assert time.monotonic() - released < 0.5  # a notification, not a 5 s poll
             await second.release()
         assert isinstance(notifier_for(other), ShardedNotifier)
+    finally:
+        await other.aclose()
+
+
+async def test_single_flights_on_every_node_run_once_and_wake_their_followers(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        for name in names_on_every_node(cluster):
+            runs = 0
+
+            async def job() -> int:
+                nonlocal runs
+                runs += 1
+                await asyncio.sleep(0.3)
+                return runs
+
+            leading = asyncio.create_task(SingleFlight(cluster, name).run(job))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            values = await asyncio.gather(*(SingleFlight(other, name).run(job) for _ in range(8)))
+            waited = time.monotonic() - started
+            print(f"{name}: the followers had the value {waited * 1000:.0f} ms after asking")
+            assert (await leading, values, runs) == (1, [1] * 8, 1)
+            # Woken by the landing's sharded message (polling: every 50 ms).
+            assert waited < (0.5 if SHARDED else 1.0)
+
+            async def cancelled_leader() -> None:
+                await asyncio.sleep(30)
+
+            stuck = asyncio.create_task(SingleFlight(cluster, name, ttl=30).run(cancelled_leader))
+            await asyncio.sleep(0.1)
+            follower = asyncio.create_task(SingleFlight(other, name).run(job))
+            await asyncio.sleep(0.1)
+            stuck.cancel()
+            assert await asyncio.wait_for(follower, 5) == 2  # led at once, not after 30 s
     finally:
         await other.aclose()
 

@@ -1,4 +1,5 @@
-"""@locked against the real server: names, clients, skip vs wait, limit, loss, events."""
+"""@locked against the real server: names, clients, skip vs wait, limit, loss, events;
+and @single_flight."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis.asyncio as redis
@@ -21,6 +22,7 @@ from asynclock import (
     Semaphore,
     locked,
     set_verbosity,
+    single_flight,
     subscribe,
 )
 from asynclock._server import RedisServer
@@ -351,3 +353,43 @@ async def test_a_cancelled_call_is_task_cancelled_not_task_failed(
     ]
     assert cancelled
     assert all(record.levelno < logging.WARNING for record in cancelled)
+
+
+async def test_single_flight_runs_a_method_once_for_concurrent_calls_with_one_name(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    class Reports:
+        def __init__(self, redis_client: redis.Redis) -> None:
+            self.redis = redis_client
+            self.built: list[int] = []
+
+        @single_flight("report:{user_id}", client="redis", timeout=20.0)
+        async def build(self, user_id: int) -> dict[str, int]:
+            """Build a user's report."""
+            self.built.append(user_id)
+            await asyncio.sleep(0.1)
+            return {"user": user_id}
+
+    replicas = [Reports(client), Reports(make_client())]
+    calls = [r.build(user_id) for r in replicas for user_id in (7, 7, 8, 8)]
+    assert await asyncio.gather(*calls) == [{"user": n} for n in (7, 7, 8, 8)] * 2
+    assert sorted(replicas[0].built + replicas[1].built) == [7, 8]  # once per name
+    assert Reports.build.__doc__ == "Build a user's report."
+
+
+def test_single_flight_refuses_bad_options_and_templates_at_decoration(
+    client: redis.Redis,
+) -> None:
+    with pytest.raises(ValueError, match="keep_for must be positive"):
+        single_flight("x", client=client, keep_for=0)
+    with pytest.raises(TypeError):
+        single_flight("x", client=client, serializer=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown parameters"):
+
+        @single_flight("report:{nobody}", client=client)
+        async def build(user_id: int) -> None: ...
+
+    with pytest.raises(TypeError, match="coroutine function"):
+
+        @single_flight("x", client=client)  # type: ignore[arg-type]
+        def synchronous() -> None: ...

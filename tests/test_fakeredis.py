@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from asynclock import LockLost, MultiLock, Mutex, Semaphore
+from asynclock import LockLost, MultiLock, Mutex, Semaphore, SingleFlight
 
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("lupa")
@@ -51,12 +51,28 @@ async def test_semaphore_and_multilock_work_on_fake_async_redis() -> None:
     await client.aclose()
 
 
+async def test_single_flight_works_on_fake_async_redis() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    runs = 0
+
+    async def job() -> dict[str, int]:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.05)
+        return {"runs": runs}
+
+    flights = [SingleFlight(client, "f", keep_for=5) for _ in range(5)]
+    assert await asyncio.gather(*(f.run(job) for f in flights)) == [{"runs": 1}] * 5
+    assert await SingleFlight(client, "f", keep_for=5).run(job) == {"runs": 1}  # kept
+    await client.aclose()
+
+
 @pytest.mark.parametrize("lua", ["5.1", "5.4"])
 def test_every_script_runs_on_the_lua_versions_fakeredis_offers(lua: str) -> None:
     # fakeredis picks its Lua when it is imported: a process of its own per version.
     program = """
 import asyncio, fakeredis
-from asynclock import Mutex, Semaphore
+from asynclock import Mutex, Semaphore, SingleFlight
 from asynclock._semaphore import SemaphorePermits
 
 async def main():
@@ -71,6 +87,10 @@ async def main():
         pass
     async with Mutex(client, "x"):
         pass
+    async def job():
+        return 1
+    assert await SingleFlight(client, "f", keep_for=1).run(job) == 1
+    assert await SingleFlight(client, "f", keep_for=1).run(job) == 1
 
 asyncio.run(main())
 """

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis.asyncio as redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asynclock import Election, MultiLock, Mutex, Semaphore
+from asynclock import Election, MultiLock, Mutex, Semaphore, SingleFlight
 from asynclock._lock import LeaseLock
 
 SETTINGS = settings(
@@ -116,3 +117,30 @@ async def test_election_input(
         assert info is not None
         assert (info.identity, info.term) == (election.identity, term.fencing_token)
     assert await election.leader() is None
+
+
+@SETTINGS
+@given(name=names, ttl=seconds, timeout=seconds, keep_for=seconds, max_outcome=counts)
+async def test_single_flight_input(
+    client: redis.Redis, name: Any, ttl: Any, timeout: Any, keep_for: Any, max_outcome: Any
+) -> None:
+    """A flight is refused at construction before any command, or it runs its job and
+    returns its value (refused for size if ``max_outcome`` is too small for it)."""
+    before = await commands_seen(client)
+    try:
+        flight = SingleFlight(
+            client, name, ttl=ttl, timeout=timeout, keep_for=keep_for, max_outcome=max_outcome
+        )
+    except (TypeError, ValueError):
+        assert await commands_seen(client) == before
+        return
+
+    async def job() -> list[int]:
+        return [1, 2, 3]
+
+    if max_outcome < len("[1, 2, 3]"):
+        with pytest.raises(ValueError, match="max_outcome"):
+            await flight.run(job)
+    else:
+        assert await flight.run(job) == [1, 2, 3]
+    assert not await flight._mutex.locked()

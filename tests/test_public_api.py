@@ -10,6 +10,7 @@ import asynclock
 PUBLIC = [
     "Election",
     "ExponentialBackoff",
+    "FlightFailed",
     "LeaderInfo",
     "Lease",
     "LimitMismatch",
@@ -27,8 +28,11 @@ PUBLIC = [
     "NoRetry",
     "RetryStrategy",
     "Semaphore",
+    "Serializer",
+    "SingleFlight",
     "locked",
     "set_verbosity",
+    "single_flight",
     "subscribe",
 ]
 
@@ -57,6 +61,7 @@ def test_every_error_is_a_lock_error() -> None:
         "LockLost",
         "LockBackendError",
         "LimitMismatch",
+        "FlightFailed",
     ):
         assert issubclass(getattr(asynclock, name), asynclock.LockError)
 
@@ -66,5 +71,6 @@ def test_the_package_ships_its_types_and_scripts() -> None:
     assert files.joinpath("py.typed").is_file()
     scripts = ["common", "acquire", "extend", "release", "hand_over"]
     scripts += ["semaphore_acquire", "semaphore_extend", "semaphore_release", "semaphore_inspect"]
+    scripts += ["announce", "leader", "look", "land", "wake"]
     for script in scripts:
         assert files.joinpath("scripts", f"{script}.lua").is_file()
