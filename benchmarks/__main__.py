@@ -8,7 +8,9 @@
    primary and a replica of our own (``benchmarks.replicas``; not with ``--url``).
 4. How fast an ``Election``'s leadership changes hands after ``resign()``
    (``benchmarks.election``).
-5. The targets, checked against this run's figures.
+5. A ``SingleFlight`` asked by 64 callers at once: job runs per flight, and how soon
+   the callers have the value after the job's end (``benchmarks.flight``).
+6. The targets, checked against this run's figures.
 
 Progress goes to stderr while it runs. The report is printed, and written as
 ``<date>-report.md`` with a plot, ``<date>-report.png``, into ``--out`` (default
@@ -33,7 +35,7 @@ from redis.exceptions import RedisError
 
 from asynclock._server import LocalCluster, RedisServer
 
-from . import contention, election, replicas, uncontended
+from . import contention, election, flight, replicas, uncontended
 from ._kinds import BenchmarkError
 from .report import Results, draw, markdown
 
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = replicas.run(rounds=min(args.rounds, replicas.ROUNDS))
                 results = dataclasses.replace(results, replicas=figures)
             results = dataclasses.replace(results, election=election.run(url))
+            results = dataclasses.replace(results, flight=flight.run(url))
     except (BenchmarkError, TimeoutError, RedisError, OSError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -39,6 +39,8 @@ class Results:
         acknowledgement, on a primary with one replica (empty if not run)
     :ivar election: milliseconds from an ``Election`` leader's ``resign()`` to the
         next leader's term (empty if not run)
+    :ivar flight: a ``SingleFlight`` of 64 callers: job runs per flight, milliseconds
+        from the job's end to the callers' values (empty if not run)
     """
 
     uncontended: Report | None
@@ -47,6 +49,7 @@ class Results:
     problems: tuple[str, ...]
     replicas: dict[str, float] = field(default_factory=dict)
     election: dict[str, float] = field(default_factory=dict)
+    flight: dict[str, float] = field(default_factory=dict)
 
 
 def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]]:
@@ -259,6 +262,17 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
             "| what | ms |",
             "|:---|---:|",
             *(f"| {label} | {value:.2f} |" for label, value in results.election.items()),
+            "",
+        ]
+    if results.flight:
+        lines += [
+            "## Single flight",
+            "",
+            "64 callers over four clients ask one flight at once; the job takes 20 ms:",
+            "",
+            "| what | value |",
+            "|:---|---:|",
+            *(f"| {label} | {value:.2f} |" for label, value in results.flight.items()),
             "",
         ]
     lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]
