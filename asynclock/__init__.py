@@ -30,6 +30,9 @@ from ._retry import LimitRetries as LimitRetries
 from ._retry import LinearBackoff as LinearBackoff
 from ._retry import NoRetry as NoRetry
 from ._retry import RetryStrategy as RetryStrategy
+from ._rwlock import ReadLock as ReadLock
+from ._rwlock import ReadWriteLock as ReadWriteLock
+from ._rwlock import WriteLock as WriteLock
 from ._semaphore import LimitMismatch as LimitMismatch
 from ._semaphore import Semaphore as Semaphore
 
@@ -52,10 +55,13 @@ __all__ = [
     "MultiLock",
     "Mutex",
     "NoRetry",
+    "ReadLock",
+    "ReadWriteLock",
     "RetryStrategy",
     "Semaphore",
     "Serializer",
     "SingleFlight",
+    "WriteLock",
     "locked",
     "set_verbosity",
     "single_flight",

@@ -26,10 +26,13 @@ PUBLIC = [
     "MultiLock",
     "Mutex",
     "NoRetry",
+    "ReadLock",
+    "ReadWriteLock",
     "RetryStrategy",
     "Semaphore",
     "Serializer",
     "SingleFlight",
+    "WriteLock",
     "locked",
     "set_verbosity",
     "single_flight",
@@ -72,5 +75,6 @@ def test_the_package_ships_its_types_and_scripts() -> None:
     scripts = ["common", "acquire", "extend", "release", "hand_over"]
     scripts += ["semaphore_acquire", "semaphore_extend", "semaphore_release", "semaphore_inspect"]
     scripts += ["announce", "leader", "look", "land", "wake"]
+    scripts += ["rw_acquire", "rw_extend", "rw_release", "rw_leave", "rw_inspect"]
     for script in scripts:
         assert files.joinpath("scripts", f"{script}.lua").is_file()
