@@ -23,6 +23,7 @@ from asynclock import (
     LockLost,
     MultiLock,
     Mutex,
+    ReadWriteLock,
     Semaphore,
     SingleFlight,
     locked,
@@ -175,6 +176,32 @@ async def test_a_release_on_a_cluster_wakes_a_waiter_of_another_client_at_once(
             assert time.monotonic() - released < 0.5  # a notification, not a 5 s poll
             await second.release()
         assert isinstance(notifier_for(other), ShardedNotifier)
+    finally:
+        await other.aclose()
+
+
+async def test_read_write_locks_on_every_node_share_reads_and_wake_a_waiting_writer(
+    cluster: RedisCluster, cluster_port: int
+) -> None:
+    other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    try:
+        for name in names_on_every_node(cluster):
+            rw, elsewhere = ReadWriteLock(cluster, name, ttl=5), ReadWriteLock(other, name, ttl=5)
+            async with rw.read(), elsewhere.read() as read:
+                assert await rw.readers() == 2
+                writing = asyncio.create_task(elsewhere.write().acquire())
+                await asyncio.sleep(0.2)
+                assert not writing.done()
+                late = ReadWriteLock(cluster, name).read()
+                assert not await late.acquire(blocking=False)  # a writer waits
+            released = time.monotonic()
+            assert await asyncio.wait_for(writing, 5)
+            if SHARDED:
+                assert time.monotonic() - released < 0.5  # a notification
+            write = elsewhere.write().lease
+            assert write is not None
+            assert write.fencing_token > read.fencing_token
+            await elsewhere.write().release()
     finally:
         await other.aclose()
 

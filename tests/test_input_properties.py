@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asynclock import Election, MultiLock, Mutex, Semaphore, SingleFlight
+from asynclock import Election, MultiLock, Mutex, ReadWriteLock, Semaphore, SingleFlight
 from asynclock._lock import LeaseLock
 
 SETTINGS = settings(
@@ -144,3 +144,15 @@ async def test_single_flight_input(
     else:
         assert await flight.run(job) == [1, 2, 3]
     assert not await flight._mutex.locked()
+
+
+@SETTINGS
+@given(name=names, ttl=seconds, timeout=seconds, write=st.booleans())
+async def test_read_write_lock_input(
+    client: redis.Redis, name: Any, ttl: Any, timeout: Any, write: bool
+) -> None:
+    def build() -> LeaseLock:
+        rw = ReadWriteLock(client, name, ttl=ttl)
+        return rw.write() if write else rw.read()
+
+    await accepted_or_refused(client, build, timeout)
