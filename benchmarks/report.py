@@ -41,6 +41,8 @@ class Results:
         next leader's term (empty if not run)
     :ivar flight: a ``SingleFlight`` of 64 callers: job runs per flight, milliseconds
         from the job's end to the callers' values (empty if not run)
+    :ivar rwlock: sections per second of a ``ReadWriteLock`` and of a ``Mutex`` doing
+        the same work, by mix (empty if not run)
     """
 
     uncontended: Report | None
@@ -50,6 +52,7 @@ class Results:
     replicas: dict[str, float] = field(default_factory=dict)
     election: dict[str, float] = field(default_factory=dict)
     flight: dict[str, float] = field(default_factory=dict)
+    rwlock: dict[str, float] = field(default_factory=dict)
 
 
 def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]]:
@@ -273,6 +276,18 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
             "| what | value |",
             "|:---|---:|",
             *(f"| {label} | {value:.2f} |" for label, value in results.flight.items()),
+            "",
+        ]
+    if results.rwlock:
+        lines += [
+            "## Read-write lock",
+            "",
+            "2 clients x 8 coroutines, each section held 2 ms; reads share a",
+            "`ReadWriteLock`, every section is alone under a `Mutex`:",
+            "",
+            "| mix, lock | sections/s |",
+            "|:---|---:|",
+            *(f"| {label} | {value:.0f} |" for label, value in results.rwlock.items()),
             "",
         ]
     lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]
