@@ -9,7 +9,15 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockNotAcquired, MultiLock, Mutex, Semaphore
+from asynclock import (
+    LockNotAcquired,
+    MultiLock,
+    Mutex,
+    ReadWriteLock,
+    Semaphore,
+    SingleFlight,
+    _flight,
+)
 from asynclock import _aio as lease_module
 from asynclock._lock import LeaseLock
 
@@ -20,12 +28,15 @@ NAMES = [f"storm:{n}" for n in range(4)]
 
 def make_lock(client: redis.Redis, rng: random.Random) -> LeaseLock:
     """A random primitive over random names."""
-    kind = rng.randrange(3)
+    kind = rng.randrange(5)
     if kind == 0:
         return Mutex(client, rng.choice(NAMES), ttl=30, timeout=0.5)
     if kind == 1:
         return Semaphore(client, rng.choice(NAMES), limit=2, ttl=30, timeout=0.5)
-    return MultiLock(client, rng.sample(NAMES, 2), ttl=30, timeout=0.5)
+    if kind == 2:
+        return MultiLock(client, rng.sample(NAMES, 2), ttl=30, timeout=0.5)
+    rw = ReadWriteLock(client, rng.choice(NAMES), ttl=30, timeout=0.5)
+    return rw.read() if kind == 3 else rw.write()
 
 
 async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
@@ -66,6 +77,8 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     owners = await client.keys("asynclock:lock:*")
     assert owners == []
     assert await client.keys("asynclock:semaphore:*:holders") == []
+    assert await client.keys("asynclock:rwlock:*:writer") == []
+    assert await client.keys("asynclock:rwlock:*:readers") == []
     # Nothing running: no task but this one (the notification reader stops once
     # nobody waits); no connection left in use.
     for _ in range(300):  # the reader lingers a second after the last channel
@@ -75,3 +88,48 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     assert asyncio.all_tasks() == {asyncio.current_task()}
     pool = worker_client.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
+
+
+async def test_a_cancellation_storm_of_single_flights_leaves_nothing_behind(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    rng = random.Random(6)
+    clients = [make_client(), make_client()]
+    outcomes = {"completed": 0, "cancelled": 0}
+
+    async def job() -> int:
+        await asyncio.sleep(rng.uniform(0, 0.003))
+        return 1
+
+    for _ in range(40):  # 40 rounds x 50 callers = 2000 calls
+        tasks = [
+            asyncio.create_task(
+                SingleFlight(rng.choice(clients), rng.choice(NAMES), ttl=30).run(job)
+            )
+            for _ in range(50)
+        ]
+        for _ in range(rng.randrange(12)):
+            await asyncio.sleep(0)
+        for task in tasks:
+            if rng.random() < 0.7:
+                task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, asyncio.CancelledError):
+                outcomes["cancelled"] += 1
+            else:
+                assert result == 1, result
+                outcomes["completed"] += 1
+    assert outcomes["cancelled"] > 500, outcomes
+    assert outcomes["completed"] > 100, outcomes
+    for _ in range(100):
+        if not lease_module._background:
+            break
+        await asyncio.sleep(0.01)
+    assert not lease_module._background
+    assert await client.keys("asynclock:lock:*") == []  # no leader's lease left
+    assert all(not _flight._flights.get(c) for c in clients)  # no flight left here
+    for _ in range(300):
+        if asyncio.all_tasks() == {asyncio.current_task()}:
+            break
+        await asyncio.sleep(0.01)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
