@@ -15,7 +15,8 @@ arrivals. A caller that finds nobody leading takes the lease itself and looks on
 more before it runs the job: a flight may have landed between its look and its lease.
 
 Inside one process, callers on one name share one flight: one task waits (or leads)
-for all of them, and one subscription wakes it.
+for all of them, and one subscription wakes it. A follower subscribes before the look
+that decides to wait, so no landing after it is missed; a leader needs none.
 """
 
 from __future__ import annotations
@@ -201,9 +202,7 @@ class SingleFlight:
         started = time.monotonic()
         notifier = notifier_for(self._client)
         woken = asyncio.Event()
-        if notifier is not None:
-            # Subscribed before the first look: no landing or release after it is missed.
-            await notifier.watch(self._channels, woken)
+        watching = False
         try:
             floor = ""
             while True:
@@ -216,6 +215,12 @@ class SingleFlight:
                     if led is not _REFUSED:
                         return led
                     continue  # another caller took the lease first: follow it
+                if notifier is not None and not watching:
+                    # Subscribed before the look that decides to wait, so that no
+                    # landing or release after it is missed (a leader needs none).
+                    await notifier.watch(self._channels, woken)
+                    watching = True
+                    continue
                 pause = min(_RECHECK if notifier is not None else _POLL, found / 1000 + 0.002)
                 if self._timeout is not None:
                     left = started + self._timeout - time.monotonic()
@@ -225,7 +230,8 @@ class SingleFlight:
                 with contextlib.suppress(TimeoutError):
                     await within(woken.wait(), max(pause, 0.001))
         finally:
-            if notifier is not None:
+            if watching:
+                assert notifier is not None
                 notifier.unwatch(self._channels, woken)
 
     async def _look(self, floor: str) -> tuple[int, str, Any]:
