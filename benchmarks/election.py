@@ -4,6 +4,11 @@ Two replicas (two clients of one server) take turns: one leads, the other campai
 the leader calls ``resign()``, and the time until the other's term begins is
 recorded. The campaigner is woken by the step-down's notification, so this is about
 one round trip for the release and one for the new term, not the TTL.
+
+Then a leader that crashes: its term taken with a 300 ms lease that nobody extends
+(a process gone), a campaigner waiting. Recorded: the time from the lease's expiry,
+on the client's clock, to the campaigner's term; the campaigner tries again when the
+lease it was refused by runs out.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import time
 
 import redis.asyncio as redis
 
-from asynclock import Election
+from asynclock import Election, _scripts
+from asynclock._names import NamedLocks
 from asynclock._server import RedisServer
 
-#: Hand-overs measured.
+#: Hand-overs measured; crashes measured, and the crashed leader's lease (ms).
 HAND_OVERS = 200
+CRASHES, CRASHED_TTL_MS = 10, 300
 
 
 async def measure(url: str, hand_overs: int = HAND_OVERS) -> dict[str, float]:
@@ -49,10 +56,33 @@ async def measure(url: str, hand_overs: int = HAND_OVERS) -> dict[str, float]:
         for client in clients:
             await client.aclose()
     took.sort()
+    after_crash = await crashes(url, max(1, min(CRASHES, hand_overs)))
     return {
         "resign() to the next leader, median ms": statistics.median(took),
         "resign() to the next leader, p99 ms": took[int(len(took) * 0.99) - 1],
+        "a crashed leader's lease expiry to the next leader, median ms": after_crash,
     }
+
+
+async def crashes(url: str, count: int) -> float:
+    """Milliseconds from a crashed leader's lease expiry to the next term: median."""
+    client = redis.Redis.from_url(url)
+    campaigner = Election(client, "bench:crash", identity="survivor", ttl=10)
+    keys = NamedLocks("asynclock:", ("bench:crash",)).keys
+    took: list[float] = []
+    try:
+        for n in range(count):
+            # The crashed leader: a term nobody extends.
+            taken = time.perf_counter()
+            reply = await _scripts.ACQUIRE(client, keys, (f"crashed-{n}", CRASHED_TTL_MS))
+            assert int(reply[0]) == 1
+            term = asyncio.create_task(campaigner.__aenter__())
+            await term
+            took.append((time.perf_counter() - taken) * 1000 - CRASHED_TTL_MS)
+            await campaigner.resign()
+    finally:
+        await client.aclose()
+    return statistics.median(took)
 
 
 def run(url: str | None = None, hand_overs: int = HAND_OVERS) -> dict[str, float]:

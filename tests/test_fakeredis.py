@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from asynclock import LockLost, MultiLock, Mutex, Semaphore, SingleFlight
+from asynclock import LockLost, MultiLock, Mutex, ReadWriteLock, Semaphore, SingleFlight
 
 fakeredis = pytest.importorskip("fakeredis")
 pytest.importorskip("lupa")
@@ -67,12 +67,25 @@ async def test_single_flight_works_on_fake_async_redis() -> None:
     await client.aclose()
 
 
+async def test_read_write_lock_works_on_fake_async_redis() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    rw = ReadWriteLock(client, "catalog", ttl=5)
+    async with rw.read(), ReadWriteLock(client, "catalog").read():
+        assert await rw.readers() == 2
+        assert not await ReadWriteLock(client, "catalog").write().acquire(blocking=False)
+    async with rw.write() as write:
+        assert not await ReadWriteLock(client, "catalog").read().acquire(blocking=False)
+    async with rw.read() as read:
+        assert read.fencing_token == write.fencing_token
+    await client.aclose()
+
+
 @pytest.mark.parametrize("lua", ["5.1", "5.4"])
 def test_every_script_runs_on_the_lua_versions_fakeredis_offers(lua: str) -> None:
     # fakeredis picks its Lua when it is imported: a process of its own per version.
     program = """
 import asyncio, fakeredis
-from asynclock import Mutex, Semaphore, SingleFlight
+from asynclock import Mutex, ReadWriteLock, Semaphore, SingleFlight
 from asynclock._semaphore import SemaphorePermits
 
 async def main():
@@ -91,6 +104,11 @@ async def main():
         return 1
     assert await SingleFlight(client, "f", keep_for=1).run(job) == 1
     assert await SingleFlight(client, "f", keep_for=1).run(job) == 1
+    rw = ReadWriteLock(client, "rw")
+    async with rw.read():
+        pass
+    async with rw.write():
+        pass
 
 asyncio.run(main())
 """
