@@ -391,7 +391,7 @@ class Acquisition:
             else:
                 # With the process's id: if refused, it stands in the lock's line, so
                 # that a release wakes it in its turn.
-                place = queue.place_on_success()
+                place = queue.place_on_success(not resource.exclusive)
                 try:
                     with acknowledged_by(policy.replica_wait):
                         grant = await resource.acquire(

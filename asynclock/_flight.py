@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
 from . import _scripts
-from ._aio import wait_done, within
+from ._aio import complete_despite_cancel, wait_done, within
 from ._errors import FlightFailed, LockBackendError, LockLost, LockNotAcquired
 from ._lease import Lease
 from ._mutex import Mutex
@@ -40,6 +41,7 @@ from ._resource import BACKEND_ERRORS
 from ._validate import check_count, check_name, check_optional_seconds, check_prefix
 
 _T = TypeVar("_T")
+_log = logging.getLogger("asynclock")
 
 #: The largest outcome accepted by default, in bytes once encoded.
 MAX_OUTCOME: Final = 1024 * 1024
@@ -52,6 +54,10 @@ _GRACE_MS: Final = 10_000
 #: message costs this much) and without one (it polls).
 _RECHECK: Final = 1.0
 _POLL: Final = 0.05
+#: How soon a caller looks again when it found a leader that has landed its outcome
+#: and is releasing its lease (a round trip away; no message marks it), so many times.
+_RELEASING_LOOK: Final = 0.002
+_RELEASING_LOOKS: Final = 20
 
 # What look.lua replies first.
 _LANDED, _LEADING = 2, 1
@@ -165,7 +171,7 @@ class SingleFlight:
         :raises FlightFailed: the job raised where another process ran it
         :raises LockNotAcquired: ``timeout`` passed while another caller's job ran
         :raises LockLost: this caller led, and its lease was lost while the job ran
-            (the job was cancelled; another caller runs it again)
+            (the job was cancelled; a follower leads and runs it again)
         :raises LockBackendError: Redis failed
         :raises ValueError: this caller led, and the value is larger than
             ``max_outcome`` once encoded
@@ -194,6 +200,9 @@ class SingleFlight:
             flight.callers -= 1
             if not flight.callers and not flight.task.done():
                 # The last caller left (cancelled): nobody waits for this flight here.
+                # Forgotten first: a caller coming while it winds down (its lease
+                # released) starts a flight of its own, rather than share a cancelled one.
+                _forget(flights, key, flight)
                 flight.task.cancel()
                 await wait_done(flight.task)
 
@@ -203,6 +212,7 @@ class SingleFlight:
         notifier = notifier_for(self._client)
         woken = asyncio.Event()
         watching = False
+        releasing = 0  # looks that found the leader landed and releasing
         try:
             floor = ""
             while True:
@@ -221,7 +231,11 @@ class SingleFlight:
                     await notifier.watch(self._channels, woken)
                     watching = True
                     continue
-                pause = min(_RECHECK if notifier is not None else _POLL, found / 1000 + 0.002)
+                if found == 0:  # the leader has landed, and is releasing: look again soon
+                    releasing += 1
+                    pause = _POLL if releasing > _RELEASING_LOOKS else _RELEASING_LOOK
+                else:
+                    pause = min(_RECHECK if notifier is not None else _POLL, found / 1000 + 0.002)
                 if self._timeout is not None:
                     left = started + self._timeout - time.monotonic()
                     if left <= 0:
@@ -259,11 +273,19 @@ class SingleFlight:
                 await self._mutex.__aexit__(type(exc), exc, exc.__traceback__)
             finally:
                 # Maybe nothing landed: wake the followers, so that one leads now.
-                with contextlib.suppress(*BACKEND_ERRORS):
-                    await _scripts.WAKE(self._client, self._land_keys[1:], ())
+                await complete_despite_cancel(self._wake_followers())
             raise
-        await self._mutex.__aexit__(None, None, None)
+        try:
+            await self._mutex.__aexit__(None, None, None)
+        except (LockLost, LockBackendError) as exc:
+            # The outcome landed: every caller has it. A lease lost or a release failed
+            # after that is no failure of theirs (what is left expires within its TTL).
+            _log.warning("single flight %r: after its outcome landed, %s", self._name, exc)
         return value
+
+    async def _wake_followers(self) -> None:
+        with contextlib.suppress(*BACKEND_ERRORS):
+            await _scripts.WAKE(self._client, self._land_keys[1:], ())
 
     async def _as_leader(
         self,
@@ -308,7 +330,9 @@ class SingleFlight:
 
     def _open(self, outcome: Any) -> Any:
         """The value of a landed ``outcome``; raise ``FlightFailed`` for an error."""
-        data = bytes(outcome) if not isinstance(outcome, bytes) else outcome
+        # A client with decode_responses=True reads it as text (the serializer's
+        # output must then be UTF-8).
+        data = outcome.encode() if isinstance(outcome, str) else bytes(outcome)
         if data[:1] == _ERROR:
             error_type, message = json.loads(data[1:])
             raise FlightFailed(self._name, error_type, message)

@@ -140,6 +140,7 @@ class LeaseLock:
         self._leases: dict[asyncio.Task[Any], Lease] = {}
         # The names, as channels, that a task may not wait for while it holds them.
         self._channel_set = frozenset(resource.channels)
+        self._blocks = frozenset(resource.blocks)
         self._acquisitions = 0
         self._hand_overs = 0
         # What events say of this lock: its primitive, and the name template of the
@@ -310,12 +311,12 @@ class LeaseLock:
                 self._not_acquired(acquisition.token, asked, "timeout" if blocking else "skipped")
             return None
         leases[task] = lease
-        if self._resource.exclusive:
+        if self._blocks:
             if held_by_task is None:
                 held_by_task = _held[task] = []
             else:
                 _prune(held_by_task)  # a task looping acquire/release keeps one entry
-            held_by_task.append((weakref.ref(lease), self._client, self._channel_set))
+            held_by_task.append((weakref.ref(lease), self._client, self._blocks))
         self._acquisitions += 1
         self._hand_overs += acquisition.handed_over
         lease.primitive, lease.template = self._primitive, self._template

@@ -139,6 +139,11 @@ class SlotGroups:
         """Always: a holder of a name excludes everyone else."""
         return True
 
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """Every waiter of these names."""
+        return self.channels
+
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
     ) -> Grant:

@@ -154,6 +154,11 @@ class NamedLocks:
         return True
 
     @property
+    def blocks(self) -> tuple[str, ...]:
+        """Every waiter of these names."""
+        return self.owner_keys
+
+    @property
     def channels(self) -> tuple[str, ...]:
         """Where releases are published: one channel per name, named like its key."""
         return self.owner_keys

@@ -98,6 +98,7 @@ class LocalQueue:
     """
 
     __slots__ = (
+        "_cohort",
         "_handed_over",
         "_leave_line",
         "_local_run",
@@ -138,21 +139,45 @@ class LocalQueue:
         # Set when a coroutine of this queue has just taken the lock: the next one
         # then knows it is held, and waits for its release without a useless try.
         self._handed_over = False
+        # How many of the waiters, from the head on, were here when the process took
+        # its place in line: the place is theirs.
+        self._cohort = 0
 
     # -- the head's side ---------------------------------------------------------------
 
-    def place_on_success(self) -> Place:
-        """What an acquire by the head should do with the process's place in line."""
+    def place_on_success(self, shared: bool = False) -> Place:
+        """What an acquire by the head should do with the process's place in line.
+
+        ``shared``: the lock admits more holders (a read lock), so the waiters behind
+        the head may get in beside it; those that were here when the process took its
+        place keep it (others that came to the line after it, in other processes,
+        stay behind them). Those that came later go to the back with it.
+        """
         if self.users > 1:
+            if shared and self.in_line and self._cohort > 1:
+                return Place.NONE
             return Place.BACK  # more of us wait: let the other processes go first
         return Place.LEAVE if self.in_line else Place.NONE
 
     def tried(self, acquired: bool, place: Place) -> None:
         """Note the outcome of a try made with the process's id."""
-        if not acquired or place is Place.BACK:
-            self.in_line = True  # refused (the script put us in line), or moved back
+        if not acquired:
+            self.stood_in_line()  # refused: the script put us in line
+        elif place is Place.BACK:
+            self.in_line = True  # moved back, for the waiters here now
+            self._cohort = self.users - 1
         elif place is Place.LEAVE:
             self.in_line = False
+            self._cohort = 0
+        elif self.in_line:
+            self._cohort -= 1  # the place kept for the rest of the cohort
+
+    def stood_in_line(self) -> None:
+        """Note that the process took a place in the lock's line (or may have): the
+        waiters here now are the ones it is kept for."""
+        if not self.in_line:
+            self._cohort = self.users
+        self.in_line = True
 
     def took_lock(self, exclusive: bool) -> None:
         """Note that the head has just taken the lock.
@@ -243,7 +268,7 @@ class LocalQueue:
         # Unless another process's turn comes first, the head gets the lock in the
         # same script call.
         offer.claimed = True
-        place = self.place_on_success()
+        place = self.place_on_success(not resource.exclusive)
         successor = Successor(
             offer.token, offer.ttl_ms, self.notifier.id, place, self._local_run < LOCAL_RUN
         )
@@ -317,7 +342,7 @@ class FirstTry:
         if queue is None:
             queue = join_queue(client, notifier, resource)
             await queue.turn.acquire()  # a new queue's turn is free: this does not wait
-        queue.in_line = True
+        queue.stood_in_line()
         return queue
 
     def _end(self) -> None:

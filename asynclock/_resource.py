@@ -165,6 +165,12 @@ class Resource(Protocol):
         ...
 
     @property
+    def blocks(self) -> tuple[str, ...]:
+        """The channels of the waiters a holding keeps out: a task that holds it and
+        waits on one of them without end would wait for itself (refused at once)."""
+        ...
+
+    @property
     def hands_over(self) -> bool:
         """Whether :meth:`hand_over` can give the lock straight to a successor."""
         ...

@@ -77,6 +77,11 @@ class ReadWriteSide:
         return self.mode == "w"
 
     @property
+    def blocks(self) -> tuple[str, ...]:
+        """A writer keeps out readers and writers; a reader, writers."""
+        return (self.keys[7], self.keys[8]) if self.mode == "w" else (self.keys[8],)
+
+    @property
     def hands_over(self) -> bool:
         """Never: a release wakes the waiters, who try."""
         return False

@@ -97,6 +97,12 @@ class SemaphorePermits:
         return self.permits * 2 > self.limit
 
     @property
+    def blocks(self) -> tuple[str, ...]:
+        """Every waiter, when one holding leaves no room for another; else none for
+        sure (the others may come and go)."""
+        return self.channels if self.exclusive else ()
+
+    @property
     def channels(self) -> tuple[str, ...]:
         """Where releases are published: named like the sorted set of holders."""
         return (self.keys[0],)

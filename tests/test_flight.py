@@ -110,21 +110,65 @@ async def test_errors_are_never_kept_for_late_arrivals(client: redis.Redis) -> N
     assert calls == 2
 
 
-async def test_a_caller_arriving_as_the_leader_lands_takes_its_outcome(
+async def test_a_caller_arriving_after_the_landing_runs_the_job_again_at_once(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    # The outcome is landed before the lease is released: a caller in between has
-    # found the flight under way, and takes its outcome.
+    # The outcome lands before the lease is released. A caller in between found the
+    # flight over (its outcome computed before it came): it runs the job itself, as
+    # soon as the lease is released, not at its next re-check.
     leader = SingleFlight(client, "report")
-    lease = await leader._mutex.acquire()
-    assert lease
+    waiter = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("waited")))
+    assert await leader._mutex.acquire()
     held = leader._mutex.lease
     assert held is not None
+    await asyncio.sleep(0.05)  # the waiter follows the leader
     await leader._land(held, leader._encode("landed"), keep=False)
-    late = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("late")))
+    late = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("late", 0)))
     await asyncio.sleep(0.05)
+    released = time.monotonic()
     await leader._mutex.release()
-    assert await asyncio.wait_for(late, 5) == "landed"
+    assert await asyncio.wait_for(waiter, 5) == "landed"  # it was waiting for that one
+    assert await asyncio.wait_for(late, 5) == ["late", 1]
+    assert time.monotonic() - released < 0.3
+
+
+async def test_a_caller_coming_as_the_last_one_leaves_gets_a_flight_of_its_own(
+    client: redis.Redis,
+) -> None:
+    flight = SingleFlight(client, "report")
+    first = asyncio.create_task(flight.run(Job("first", 0.3)))
+    await asyncio.sleep(0.1)
+    first.cancel()  # the flight winds down: its lease is released in the background
+    await asyncio.sleep(0)
+    second = asyncio.create_task(flight.run(Job("second", 0)))
+    assert await asyncio.wait_for(second, 5) == ["second", 1]  # not CancelledError
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_lease_lost_after_the_landing_fails_no_caller(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    land = SingleFlight._land
+
+    async def land_then_lose(self: SingleFlight, *args: Any, **kwargs: Any) -> None:
+        await land(self, *args, **kwargs)
+        await client.delete(owner_key("report"))  # lost after landing (an operator)
+
+    monkeypatch.setattr(SingleFlight, "_land", land_then_lose)
+    assert await SingleFlight(client, "report").run(Job("landed", 0)) == ["landed", 1]
+    assert "after its outcome landed" in caplog.text
+
+
+async def test_followers_of_a_client_decoding_responses_get_the_value(redis_url: str) -> None:
+    clients = [redis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
+    try:
+        job = Job("text", seconds=0.1)
+        values = await asyncio.gather(*(SingleFlight(c, "report").run(job) for c in clients))
+        assert values == [["text", 1]] * 2
+    finally:
+        for c in clients:
+            await c.aclose()
 
 
 async def test_a_flight_landed_between_a_look_and_the_lease_is_taken_not_run_again(

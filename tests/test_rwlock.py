@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockLost, ReadWriteLock, _scripts
+from asynclock import LockError, LockLost, ReadWriteLock, _scripts
 from asynclock._names import PLACE_MS
 
 from .conftest import cancel_at_random_turns
@@ -90,6 +90,69 @@ async def test_readers_that_waited_before_a_writer_go_first(
     await holder.release()
     await asyncio.wait_for(asyncio.gather(early_reader, writer, late_reader), 10)
     assert order == ["early reader", "writer", "late reader"]
+
+
+async def test_readers_of_one_process_waiting_before_a_writer_all_go_first(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    holder = ReadWriteLock(client, "catalog", ttl=5).write()
+    assert await holder.acquire()
+    order: list[str] = []
+    readers_process = ReadWriteLock(make_client(), "catalog", ttl=5)
+
+    async def enter(side: Any, label: str) -> None:
+        async with side:
+            order.append(label)
+            await asyncio.sleep(0.1)
+
+    # Two readers of one process wait, then a writer of another process comes.
+    readers = [asyncio.create_task(enter(readers_process.read(), f"reader {n}")) for n in (1, 2)]
+    await asyncio.sleep(0.1)
+    writer = asyncio.create_task(
+        enter(ReadWriteLock(make_client(), "catalog", ttl=5).write(), "writer")
+    )
+    await asyncio.sleep(0.1)
+    await holder.release()
+    await asyncio.wait_for(asyncio.gather(*readers, writer), 10)
+    assert order == ["reader 1", "reader 2", "writer"]
+
+
+async def test_a_task_holding_one_side_is_refused_the_other_instead_of_waiting_for_itself(
+    client: redis.Redis,
+) -> None:
+    rw = ReadWriteLock(client, "catalog", ttl=5)
+    async with rw.write():
+        with pytest.raises(LockError, match="would wait for itself"):
+            await ReadWriteLock(client, "catalog").read().acquire()
+    async with rw.read():
+        with pytest.raises(LockError, match="would wait for itself"):
+            await ReadWriteLock(client, "catalog").write().acquire()
+        async with ReadWriteLock(client, "catalog").read():  # reading twice is fine
+            pass
+
+
+async def test_a_retried_read_acquire_keeps_the_readers_for_its_whole_lease(
+    client: redis.Redis,
+) -> None:
+    side = ReadWriteLock(client, "catalog").read()._resource
+    keys = side.keys[:7]  # type: ignore[attr-defined]
+    assert int((await _scripts.RW_ACQUIRE(client, keys, ("r1", 400, "r", "", "", 0)))[0]) == 1
+    await asyncio.sleep(0.2)
+    # The same acquire sent again (its reply lost), with the lease counted from now.
+    assert int((await _scripts.RW_ACQUIRE(client, keys, ("r1", 1000, "r", "", "", 0)))[0]) == 1
+    await asyncio.sleep(0.4)  # past the first try's lease, within the second's
+    writer = ReadWriteLock(client, "catalog").write()
+    assert not await writer.acquire(blocking=False)  # the reader still holds
+
+
+async def test_thousands_of_expired_readers_are_purged_at_once(client: redis.Redis) -> None:
+    side = ReadWriteLock(client, "catalog").read()._resource
+    readers, fences = side.keys[1], side.keys[2]  # type: ignore[attr-defined]
+    await client.zadd(readers, {f"gone-{n}": 1 for n in range(10_000)})  # long expired
+    await client.hset(fences, mapping={f"gone-{n}": 0 for n in range(10_000)})
+    rw = ReadWriteLock(client, "catalog", ttl=5)
+    async with rw.write():
+        assert await client.hlen(fences) == 0
 
 
 async def test_a_crashed_reader_frees_its_share_after_its_ttl_alone(

@@ -38,16 +38,34 @@ local waiter, place, place_ms = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
 local now = clock_ms()
 
+-- `command` on `key` with `members`, a thousand at a time: Lua unpacks only so many
+-- values into one call (a crashed fleet of readers can leave more).
+-- `unpack` is Lua 5.1's (Redis, Valkey); 5.2 and later (fakeredis can run 5.4) have
+-- only table.unpack.
+local function for_each_thousand(command, key, members)
+  for first = 1, #members, 1000 do
+    local last = math.min(first + 999, #members)
+    redis.call(command, key, (table.unpack or unpack)(members, first, last))
+  end
+end
+
 -- Readers whose lease ran out, and places that lapsed, are gone.
 local expired = redis.call('ZRANGEBYSCORE', readers, '-inf', now)
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', readers, '-inf', now)
-  redis.call('HDEL', fences, (table.unpack or unpack)(expired))
+  for_each_thousand('HDEL', fences, expired)
 end
 local lapsed = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
 if #lapsed > 0 then
   redis.call('ZREMRANGEBYSCORE', alive, '-inf', now)
-  redis.call('ZREM', line, (table.unpack or unpack)(lapsed))
+  for_each_thousand('ZREM', line, lapsed)
+end
+
+-- The readers' set and fences live as long as the longest-lived reader.
+local function keep_readers()
+  local longest = tonumber(redis.call('ZRANGE', readers, -1, -1, 'WITHSCORES')[2]) - now
+  redis.call('PEXPIRE', readers, longest)
+  redis.call('PEXPIRE', fences, longest)
 end
 
 if was_released(tombstone, token) then
@@ -73,6 +91,7 @@ if mode == 'w' and redis.call('GET', writer) == token then
 end
 if mode == 'r' and redis.call('ZSCORE', readers, token) then
   redis.call('ZADD', readers, now + ttl, token)
+  keep_readers()
   return granted(tonumber(redis.call('HGET', fences, token)))
 end
 
@@ -122,9 +141,6 @@ else
   redis.call('ZADD', readers, now + ttl, token)
   -- '%.0f': a plain `..` would write a large number as 1.7955e+15.
   redis.call('HSET', fences, token, string.format('%.0f', fence))
-  -- The set and the hash live as long as the longest-lived reader.
-  local longest = tonumber(redis.call('ZRANGE', readers, -1, -1, 'WITHSCORES')[2]) - now
-  redis.call('PEXPIRE', readers, longest)
-  redis.call('PEXPIRE', fences, longest)
+  keep_readers()
 end
 return granted(fence)
