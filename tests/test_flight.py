@@ -26,6 +26,16 @@ from .conftest import cancel_at_random_turns, owner_key
 HERE = Path(__file__).parent
 
 
+async def following(client: redis.Redis, name: str, processes: int) -> None:
+    """Wait until ``processes`` clients follow flight ``name`` (at most 10 s): each has
+    found it under way and subscribed to its outcome."""
+    channel = f"asynclock:flight:{{{name}}}"
+    deadline = time.monotonic() + 10
+    while (await client.pubsub_numsub(channel))[0][1] < processes:
+        assert time.monotonic() < deadline, f"fewer than {processes} followers"
+        await asyncio.sleep(0.01)
+
+
 class Job:
     """A job that counts its runs and returns ``(label, run number)`` after ``seconds``."""
 
@@ -117,14 +127,15 @@ async def test_a_caller_arriving_after_the_landing_runs_the_job_again_at_once(
     # flight over (its outcome computed before it came): it runs the job itself, as
     # soon as the lease is released, not at its next re-check.
     leader = SingleFlight(client, "report")
-    waiter = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("waited")))
     assert await leader._mutex.acquire()
     held = leader._mutex.lease
     assert held is not None
-    await asyncio.sleep(0.05)  # the waiter follows the leader
+    waiter = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("waited")))
+    await following(client, "report", 1)
     await leader._land(held, leader._encode("landed"), keep=False)
     late = asyncio.create_task(SingleFlight(make_client(), "report").run(Job("late", 0)))
-    await asyncio.sleep(0.05)
+    await following(client, "report", 2)
+    await asyncio.sleep(0.05)  # looking again while the leader releases
     released = time.monotonic()
     await leader._mutex.release()
     assert await asyncio.wait_for(waiter, 5) == "landed"  # it was waiting for that one

@@ -25,6 +25,15 @@ HERE = Path(__file__).parent
 KEYS = "asynclock:rwlock:{catalog}"
 
 
+async def line_holds(client: redis.Redis, places: int) -> None:
+    """Wait until ``places`` processes stand in the lock's line (at most 10 s): a
+    waiter that came has been refused, and waits its turn."""
+    deadline = time.monotonic() + 10
+    while await client.zcard(f"{KEYS}:line") < places:
+        assert time.monotonic() < deadline, f"fewer than {places} places in line"
+        await asyncio.sleep(0.01)
+
+
 async def test_readers_share_and_a_writer_is_alone(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
@@ -47,12 +56,12 @@ async def test_a_waiting_writer_keeps_out_later_readers_and_gets_in(
     late = ReadWriteLock(make_client(), "catalog", ttl=5).read()
     async with rw.read():
         writing = asyncio.create_task(writer_side.acquire())
-        await asyncio.sleep(0.1)
+        await line_holds(client, 1)
         assert not writing.done()
         assert await rw.writers_waiting() == 1
         assert not await late.acquire(blocking=False)  # it would pass the writer
         reading = asyncio.create_task(late.acquire())
-        await asyncio.sleep(0.1)
+        await line_holds(client, 2)
         assert not reading.done()
     released = time.monotonic()
     assert await asyncio.wait_for(writing, 5)
@@ -78,15 +87,15 @@ async def test_readers_that_waited_before_a_writer_go_first(
     early_reader = asyncio.create_task(
         enter(ReadWriteLock(make_client(), "catalog", ttl=5).read(), "early reader")
     )
-    await asyncio.sleep(0.1)
+    await line_holds(client, 1)
     writer = asyncio.create_task(
         enter(ReadWriteLock(make_client(), "catalog", ttl=5).write(), "writer")
     )
-    await asyncio.sleep(0.1)
+    await line_holds(client, 2)
     late_reader = asyncio.create_task(
         enter(ReadWriteLock(make_client(), "catalog", ttl=5).read(), "late reader")
     )
-    await asyncio.sleep(0.1)
+    await line_holds(client, 3)
     await holder.release()
     await asyncio.wait_for(asyncio.gather(early_reader, writer, late_reader), 10)
     assert order == ["early reader", "writer", "late reader"]
@@ -107,11 +116,12 @@ async def test_readers_of_one_process_waiting_before_a_writer_all_go_first(
 
     # Two readers of one process wait, then a writer of another process comes.
     readers = [asyncio.create_task(enter(readers_process.read(), f"reader {n}")) for n in (1, 2)]
-    await asyncio.sleep(0.1)
+    await line_holds(client, 1)
+    await asyncio.sleep(0.05)  # the second reader queued behind the first, in its process
     writer = asyncio.create_task(
         enter(ReadWriteLock(make_client(), "catalog", ttl=5).write(), "writer")
     )
-    await asyncio.sleep(0.1)
+    await line_holds(client, 2)
     await holder.release()
     await asyncio.wait_for(asyncio.gather(*readers, writer), 10)
     assert order == ["reader 1", "reader 2", "writer"]
