@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from . import _scripts
 from ._names import DEFAULT_PREFIX, NamedLocks, base_key, fence_key, line_keys, owner_key
+from ._rwlock import ReadWriteSide
 from ._semaphore import SemaphorePermits
 from ._validate import check_name, check_prefix
 
-Primitive = Literal["mutex", "semaphore"]
+Primitive = Literal["mutex", "semaphore", "rwlock"]
 
 #: A fencing token is at least the server clock in microseconds when it was taken, and
 #: equals it unless acquires of the name came faster than one a microsecond: so the
@@ -37,6 +38,7 @@ class Holder:
     :ivar held_for: seconds since it acquired (or was last handed the lock), when the
         fencing token tells (see ``next_fence`` in ``scripts/common.lua``)
     :ivar permits: how many permits it holds (1 for a mutex)
+    :ivar side: ``"read"`` or ``"write"``, for a read-write lock's holder
     """
 
     token: str
@@ -44,6 +46,7 @@ class Holder:
     fencing_token: int | None
     held_for: float | None
     permits: int = 1
+    side: Literal["read", "write"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,14 @@ class LockState:
     """One lock as the server has it now.
 
     :ivar name: the lock's name
-    :ivar primitive: ``"mutex"`` (``Mutex``, ``MultiLock``, ``@locked``) or
-        ``"semaphore"``
-    :ivar key: its main key (the owner key, or the semaphore's holders key)
+    :ivar primitive: ``"mutex"`` (``Mutex``, ``MultiLock``, ``@locked``, an
+        ``Election``'s term, a ``SingleFlight``'s leader), ``"semaphore"`` or
+        ``"rwlock"`` (``ReadWriteLock``)
+    :ivar key: its main key (the owner key, the semaphore's holders key, the
+        read-write lock's writer key)
     :ivar holders: who holds it (none: free, with processes waiting)
-    :ivar waiting: processes standing in its line (a mutex's; semaphores keep none)
+    :ivar waiting: processes standing in its line (a mutex's or a read-write lock's;
+        semaphores keep none)
     :ivar limit: the limit in force, for a semaphore with holders
     """
 
@@ -145,6 +151,31 @@ async def _semaphore_state(client: Any, prefix: str, name: str, now_us: int) -> 
     return LockState(name, "semaphore", holders_key, tuple(holders), 0, limit)
 
 
+async def _rwlock_state(client: Any, prefix: str, name: str, now_us: int) -> LockState:
+    writer_key, readers_key, fences_key, _, alive_key, fence_counter = ReadWriteSide(
+        prefix, name, "w"
+    ).keys[:6]
+    now_ms = now_us // 1000
+    holders = []
+    token = _text(await client.get(writer_key))
+    if token is not None:
+        pttl = int(await client.pttl(writer_key))
+        raw_fence = _text(await client.get(fence_counter))
+        fence = int(raw_fence) if raw_fence and raw_fence.isdigit() else None
+        ttl = pttl / 1000 if pttl >= 0 else None
+        holders.append(Holder(token, ttl, fence, _held_for(fence, now_us), side="write"))
+    live = await client.zrangebyscore(readers_key, f"({now_ms}", "+inf", withscores=True)
+    fences = {_text(k): _text(v) for k, v in (await client.hgetall(fences_key)).items()}
+    for raw_token, expiry in live:
+        reader = _text(raw_token) or ""
+        fence_text = fences.get(reader) or ""
+        fence = int(fence_text) if fence_text.isdigit() else None
+        # A reader's fence is the last write's: it tells nothing of when it came.
+        holders.append(Holder(reader, (expiry - now_ms) / 1000, fence, None, side="read"))
+    waiting = int(await client.zcount(alive_key, f"({now_ms}", "+inf"))
+    return LockState(name, "rwlock", writer_key, tuple(holders), waiting)
+
+
 async def inspect_locks(
     client: Any, pattern: str = "*", *, prefix: str = DEFAULT_PREFIX
 ) -> list[LockState]:
@@ -170,15 +201,24 @@ async def inspect_locks(
         name = name_of(prefix, "semaphore", key.removesuffix(":holders"))
         if name is not None and fnmatch.fnmatchcase(name, pattern):
             semaphores.add(name)
+    rwlocks: set[str] = set()
+    async for key in _scan(client, f"{literal}rwlock*"):
+        for suffix in (":writer", ":readers", ":line-alive"):
+            if key.endswith(suffix):
+                name = name_of(prefix, "rwlock", key.removesuffix(suffix))
+                if name is not None and fnmatch.fnmatchcase(name, pattern):
+                    rwlocks.add(name)
     states = [await _mutex_state(client, prefix, name, now_us) for name in sorted(mutexes)]
     states += [await _semaphore_state(client, prefix, n, now_us) for n in sorted(semaphores)]
+    states += [await _rwlock_state(client, prefix, n, now_us) for n in sorted(rwlocks)]
     return [state for state in states if state.holders or state.waiting]
 
 
 async def inspect_lock(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX) -> LockState | None:
     """The lock ``name`` as the server has it now, or ``None`` when nobody holds it.
 
-    A name held as a mutex is reported as one; otherwise as a semaphore, if it is one.
+    A name held as a mutex is reported as one; otherwise as a semaphore, or as a
+    read-write lock, if it is one.
     """
     check_name(name)
     check_prefix(prefix)
@@ -186,6 +226,8 @@ async def inspect_lock(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX) 
     state = await _mutex_state(client, prefix, name, now_us)
     if not state.holders:
         state = await _semaphore_state(client, prefix, name, now_us)
+    if not state.holders:
+        state = await _rwlock_state(client, prefix, name, now_us)
     return state if state.holders else None
 
 
@@ -205,6 +247,10 @@ async def force_release(
     if state.primitive == "mutex":
         keys: tuple[str, ...] = NamedLocks.of(prefix, (state.name,)).keys
         script = _scripts.FORCE_RELEASE
+    elif state.primitive == "rwlock":
+        side = ReadWriteSide(prefix, state.name, "w").keys
+        keys = (*side[:4], side[7], side[8])
+        script = _scripts.RW_FORCE_RELEASE
     else:
         keys = SemaphorePermits(prefix, state.name, state.limit or 1, 1).keys[:2]
         script = _scripts.SEMAPHORE_FORCE_RELEASE

@@ -131,13 +131,13 @@ def state_rows(state: LockState) -> list[list[str]]:
     if state.primitive == "semaphore":
         in_use = sum(holder.permits for holder in state.holders)
         kind = f"semaphore {in_use}/{state.limit if state.limit is not None else '?'}"
-    waiting = str(state.waiting) if state.primitive == "mutex" else "-"
+    waiting = "-" if state.primitive == "semaphore" else str(state.waiting)
     if not state.holders:
         return [[state.name, kind, "-", "-", "-", "-", waiting]]
     return [
         [
             state.name,
-            kind,
+            kind if holder.side is None else f"rwlock {holder.side}",
             short(holder.token),
             seconds(holder.ttl),
             "-" if holder.fencing_token is None else str(holder.fencing_token),

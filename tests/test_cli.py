@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from asynclock import LockLost, LockNotOwned, Mutex, Semaphore
+from asynclock import LockLost, LockNotOwned, Mutex, ReadWriteLock, Semaphore
 from asynclock._admin import force_release, inspect_lock
 from asynclock._server import free_port
 
@@ -163,6 +163,43 @@ async def test_release_frees_every_holder_of_a_semaphore(
     assert status == 0
     assert set(json.loads(out)["released"]) == {s.lease.token for s in holders if s.lease}
     assert await Semaphore(client, "pool", limit=2).holders() == 0
+
+
+async def test_inspect_and_release_a_read_write_lock_by_side(
+    client: redis.Redis, make_client: object, redis_url: str
+) -> None:
+    readers = [ReadWriteLock(client, "catalog", ttl=30).read() for _ in range(2)]
+    for reader in readers:
+        assert await reader.acquire()
+    other = redis.Redis.from_url(redis_url)
+    writer = ReadWriteLock(other, "catalog", ttl=30).write()
+    writing = asyncio.create_task(writer.acquire(timeout=20))
+    try:
+        for _ in range(500):  # until the writer stands in line (5 s at most)
+            if await client.exists("asynclock:rwlock:{catalog}:line-alive"):
+                break
+            await asyncio.sleep(0.01)
+        status, out, _ = await cli(redis_url, "inspect", "--json", "catalog")
+        assert status == 0
+        [state] = json.loads(out)
+        assert (state["primitive"], state["waiting"]) == ("rwlock", 1)
+        assert {h["token"] for h in state["holders"]} == {r.lease.token for r in readers if r.lease}
+        assert {h["side"] for h in state["holders"]} == {"read"}
+        status, out, _ = await cli(redis_url, "inspect", "catalog")
+        assert "rwlock read" in out
+        status, out, _ = await cli(redis_url, "release", "catalog", "--force", "--yes")
+        assert status == 0
+        assert await asyncio.wait_for(writing, 5)  # woken by the forced release
+        status, out, _ = await cli(redis_url, "inspect", "--json", "catalog")
+        [state] = json.loads(out)
+        assert [h["side"] for h in state["holders"]] == ["write"]
+        assert state["holders"][0]["token"] == writer.lease.token  # type: ignore[union-attr]
+        for reader in readers:  # their own releases find the leases gone
+            with pytest.raises(LockNotOwned):
+                await reader.release()
+    finally:
+        writing.cancel()
+        await other.aclose()
 
 
 async def test_watch_prints_acquisitions_hand_overs_releases_and_expiries(
