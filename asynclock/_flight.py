@@ -230,6 +230,10 @@ class SingleFlight:
                     # landing or release after it is missed (a leader needs none).
                     await notifier.watch(self._channels, woken)
                     watching = True
+                    if notifier_for(self._client) is None:
+                        # Refused (a cluster of servers before Redis 7.0): poll.
+                        notifier.unwatch(self._channels, woken)
+                        notifier, watching = None, False
                     continue
                 if found == 0:  # the leader has landed, and is releasing: look again soon
                     releasing += 1

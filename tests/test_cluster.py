@@ -192,8 +192,9 @@ async def test_read_write_locks_on_every_node_share_reads_and_wake_a_waiting_wri
                 writing = asyncio.create_task(elsewhere.write().acquire())
                 await asyncio.sleep(0.2)
                 assert not writing.done()
-                late = ReadWriteLock(cluster, name).read()
-                assert not await late.acquire(blocking=False)  # a writer waits
+                if SHARDED:  # a waiter that polls (before Redis 7.0) takes no place in line
+                    late = ReadWriteLock(cluster, name).read()
+                    assert not await late.acquire(blocking=False)  # a writer waits
             released = time.monotonic()
             assert await asyncio.wait_for(writing, 5)
             if SHARDED:
