@@ -157,14 +157,7 @@ def locked(
     def decorate(
         func: Callable[P, Coroutine[Any, Any, R]],
     ) -> Callable[P, Coroutine[Any, Any, R | None]]:
-        if not inspect.iscoroutinefunction(func):
-            raise TypeError(f"@locked needs a coroutine function (async def), not {func!r}")
-        signature = inspect.signature(func)
-        own_name = getattr(func, "__qualname__", None)  # a functools.partial has none
-        if own_name is None and name is None:
-            raise TypeError(f"@locked needs a lock name for {func!r}, which has no __qualname__")
-        qualname = f"{func.__module__}.{own_name}" if own_name is not None else repr(func)
-        template = qualname if name is None else name
+        signature, qualname, template = _shape_of(func, name, "locked")
         format_name = _name_formatter(template, signature)
         get_client = _client_getter(client, signature)
 
@@ -247,6 +240,20 @@ def locked(
         return wrapper
 
     return decorate
+
+
+def _shape_of(
+    func: Callable[..., Any], name: str | None, decorator: str
+) -> tuple[inspect.Signature, str, str]:
+    """Check that ``@decorator`` can wrap ``func``; return its signature, its qualified
+    name, and the name template of its calls (``name``, or that qualified name)."""
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError(f"@{decorator} needs a coroutine function (async def), not {func!r}")
+    own_name = getattr(func, "__qualname__", None)  # a functools.partial has none
+    if own_name is None and name is None:
+        raise TypeError(f"@{decorator} needs a name for {func!r}, which has no __qualname__")
+    qualname = f"{func.__module__}.{own_name}" if own_name is not None else repr(func)
+    return inspect.signature(func), qualname, qualname if name is None else name
 
 
 def _name_formatter(template: str, signature: inspect.Signature) -> Callable[[dict[str, Any]], str]:
@@ -351,13 +358,7 @@ def single_flight(
     def decorate(
         func: Callable[P, Coroutine[Any, Any, R]],
     ) -> Callable[P, Coroutine[Any, Any, R]]:
-        if not inspect.iscoroutinefunction(func):
-            raise TypeError(f"@single_flight needs a coroutine function (async def), not {func!r}")
-        signature = inspect.signature(func)
-        own_name = getattr(func, "__qualname__", None)
-        if own_name is None and name is None:
-            raise TypeError(f"@single_flight needs a name for {func!r}, which has no __qualname__")
-        template = f"{func.__module__}.{own_name}" if name is None else name
+        signature, _, template = _shape_of(func, name, "single_flight")
         format_name = _name_formatter(template, signature)
         get_client = _client_getter(client, signature)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -39,6 +40,36 @@ def make_lock(client: redis.Redis, rng: random.Random) -> LeaseLock:
     return rw.read() if kind == 3 else rw.write()
 
 
+async def cancel_most(tasks: list[asyncio.Task[Any]], rng: random.Random) -> list[Any]:
+    """Let ``tasks`` run a random number of turns, cancel 70% of them, and return every
+    task's outcome (its value or its exception)."""
+    for _ in range(rng.randrange(12)):
+        await asyncio.sleep(0)
+    for task in tasks:
+        if rng.random() < 0.7:
+            task.cancel()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def background_done() -> None:
+    """Assert that the clean-ups left to the background finish promptly (1 s)."""
+    for _ in range(100):
+        if not lease_module._background:
+            break
+        await asyncio.sleep(0.01)
+    assert not lease_module._background
+
+
+async def only_this_task_left() -> None:
+    """Assert that no task but this one is left within 3 s (the notification reader
+    lingers a second after the last channel)."""
+    for _ in range(300):
+        if asyncio.all_tasks() == {asyncio.current_task()}:
+            break
+        await asyncio.sleep(0.01)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
 async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
@@ -52,12 +83,7 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
 
     for _ in range(60):  # 60 rounds x 50 tasks = 3000 operations
         tasks = [asyncio.create_task(use(make_lock(worker_client, rng))) for _ in range(50)]
-        for _ in range(rng.randrange(12)):
-            await asyncio.sleep(0)
-        for task in tasks:
-            if rng.random() < 0.7:
-                task.cancel()
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
+        for result in await cancel_most(tasks, rng):
             if isinstance(result, asyncio.CancelledError):
                 outcomes["cancelled"] += 1
             elif result is None:
@@ -68,11 +94,7 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     assert outcomes["cancelled"] > 1000, outcomes
     assert outcomes["completed"] > 100, outcomes
     # Clean-ups that a timed-out wait left to the background finish promptly.
-    for _ in range(100):
-        if not lease_module._background:
-            break
-        await asyncio.sleep(0.01)
-    assert not lease_module._background
+    await background_done()
     # Nothing held: no owner key, no semaphore holder.
     owners = await client.keys("asynclock:lock:*")
     assert owners == []
@@ -81,11 +103,7 @@ async def test_a_cancellation_storm_leaves_nothing_held_and_nothing_running(
     assert await client.keys("asynclock:rwlock:*:readers") == []
     # Nothing running: no task but this one (the notification reader stops once
     # nobody waits); no connection left in use.
-    for _ in range(300):  # the reader lingers a second after the last channel
-        if asyncio.all_tasks() == {asyncio.current_task()}:
-            break
-        await asyncio.sleep(0.01)
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await only_this_task_left()
     pool = worker_client.connection_pool
     assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
 
@@ -108,12 +126,7 @@ async def test_a_cancellation_storm_of_single_flights_leaves_nothing_behind(
             )
             for _ in range(50)
         ]
-        for _ in range(rng.randrange(12)):
-            await asyncio.sleep(0)
-        for task in tasks:
-            if rng.random() < 0.7:
-                task.cancel()
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
+        for result in await cancel_most(tasks, rng):
             if isinstance(result, asyncio.CancelledError):
                 outcomes["cancelled"] += 1
             else:
@@ -121,15 +134,7 @@ async def test_a_cancellation_storm_of_single_flights_leaves_nothing_behind(
                 outcomes["completed"] += 1
     assert outcomes["cancelled"] > 500, outcomes
     assert outcomes["completed"] > 100, outcomes
-    for _ in range(100):
-        if not lease_module._background:
-            break
-        await asyncio.sleep(0.01)
-    assert not lease_module._background
+    await background_done()
     assert await client.keys("asynclock:lock:*") == []  # no leader's lease left
     assert all(not _flight._flights.get(c) for c in clients)  # no flight left here
-    for _ in range(300):
-        if asyncio.all_tasks() == {asyncio.current_task()}:
-            break
-        await asyncio.sleep(0.01)
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await only_this_task_left()
