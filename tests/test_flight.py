@@ -67,6 +67,38 @@ async def test_concurrent_callers_of_two_clients_share_one_run(
     assert _flight._flights[clients[0]] == {}  # nothing left of the flights here
 
 
+async def test_callers_of_one_process_share_one_wait_on_the_server(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    job = Job("shared", seconds=0.5)
+    leading = asyncio.create_task(SingleFlight(make_client(), "report").run(job))
+    await job.started.wait()
+    follower_client = make_client()
+    before = await client.info("commandstats")
+    values = await asyncio.gather(
+        *(SingleFlight(follower_client, "report").run(job) for _ in range(32))
+    )
+    after = await client.info("commandstats")
+    assert values == [["shared", 1]] * 32
+    assert await leading == ["shared", 1]
+    # The 32 callers' looks: one task's, a few in all (the leader's landing and release
+    # among these scripts), not one each.
+    scripts = after["cmdstat_evalsha"]["calls"] - before["cmdstat_evalsha"]["calls"]
+    assert scripts <= 8, scripts
+
+
+async def test_a_job_outliving_its_ttl_keeps_its_lease_and_runs_once(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    job = Job("long", seconds=1.5)  # three times the lease
+    leading = asyncio.create_task(SingleFlight(client, "report", ttl=0.5).run(job))
+    await job.started.wait()
+    follower = SingleFlight(make_client(), "report", ttl=0.5)
+    assert await follower.run(job) == ["long", 1]  # auto-extended: nobody took over
+    assert await leading == ["long", 1]
+    assert job.runs == 1
+
+
 async def test_an_error_reaches_the_followers_as_flight_failed(
     make_client: Callable[..., redis.Redis],
 ) -> None:

@@ -67,8 +67,10 @@ async def test_a_waiting_writer_keeps_out_later_readers_and_gets_in(
     assert await asyncio.wait_for(writing, 5)
     assert time.monotonic() - released < 0.5  # woken by the release
     assert not reading.done()  # behind the writer
+    released = time.monotonic()
     await writer_side.release()
     assert await asyncio.wait_for(reading, 5)
+    assert time.monotonic() - released < 0.5  # woken by the writer's release
     await late.release()
 
 
