@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -72,6 +73,33 @@ async def test_a_waiting_writer_keeps_out_later_readers_and_gets_in(
     assert await asyncio.wait_for(reading, 5)
     assert time.monotonic() - released < 0.5  # woken by the writer's release
     await late.release()
+
+
+async def test_waiters_of_either_side_are_woken_by_the_release_they_wait_for(
+    client: redis.Redis, make_client: Callable[..., redis.Redis]
+) -> None:
+    # A waiter also re-checks every 0.25 s: a release found that way comes 0 to 250 ms
+    # after it (125 ms on average). Woken by its notification, a few milliseconds.
+    holder_client, waiter_client = make_client(), make_client()
+    took: dict[str, list[float]] = {"read": [], "write": []}
+    for round_ in range(20):
+        waits = "read" if round_ % 2 else "write"
+        holder = ReadWriteLock(holder_client, "catalog", ttl=5)
+        held = holder.write() if waits == "read" else holder.read()
+        assert await held.acquire()
+        waiter = ReadWriteLock(waiter_client, "catalog", ttl=5)
+        side = waiter.read() if waits == "read" else waiter.write()
+        waiting = asyncio.create_task(side.acquire())
+        await line_holds(client, 1)
+        await asyncio.sleep(0.01)
+        released = time.monotonic()
+        await held.release()
+        assert await asyncio.wait_for(waiting, 5)
+        took[waits].append(time.monotonic() - released)
+        await side.release()
+    for waits, seconds in took.items():
+        print(f"{waits}: woken {statistics.median(seconds) * 1000:.1f} ms after the release")
+        assert statistics.median(seconds) < 0.05, (waits, seconds)
 
 
 async def test_readers_that_waited_before_a_writer_go_first(
