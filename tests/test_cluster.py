@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -70,6 +71,34 @@ def names_on_every_node(client: RedisCluster, count: int = 3) -> list[str]:
         by_node.setdefault(client.get_node_from_key(owner_key("asynclock:", name)).port, name)
     assert len(by_node) >= count
     return list(by_node.values())[:count]
+
+
+async def held_on_cluster(client: RedisCluster, name: str) -> None:
+    """Wait until a lease on ``name`` is held (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while not await client.exists(owner_key("asynclock:", name)):
+        assert time.monotonic() < deadline, f"nobody holds {name!r}"
+        await asyncio.sleep(0.01)
+
+
+async def followed_on_cluster(client: RedisCluster, name: str) -> None:
+    """Wait until a caller follows flight ``name``: subscribed to its outcome on its
+    node (at most 10 s), or, where nobody can subscribe, has had time to look."""
+    if not SHARDED:
+        await asyncio.sleep(0.5)
+        return
+    channel = f"asynclock:flight:{{{name}}}"
+    node = client.get_node_from_key(channel)
+    deadline = time.monotonic() + 10
+    while not await subscribers(client, channel, node):
+        assert time.monotonic() < deadline, f"nobody follows {name!r}"
+        await asyncio.sleep(0.01)
+
+
+async def subscribers(client: RedisCluster, channel: str, node: Any) -> int:
+    """How many clients subscribe to sharded ``channel`` on ``node``."""
+    reply = await client.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    return int(reply[0][1])
 
 
 async def test_mutex_on_redis_cluster(cluster_port: int) -> None:
@@ -211,22 +240,28 @@ async def test_single_flights_on_every_node_run_once_and_wake_their_followers(
     cluster: RedisCluster, cluster_port: int
 ) -> None:
     other = RedisCluster(host="127.0.0.1", port=cluster_port)
+    await other.initialize()
     try:
         for name in names_on_every_node(cluster):
             runs = 0
+            go = asyncio.Event()
 
-            async def job() -> int:
+            async def job(go: asyncio.Event = go) -> int:
                 nonlocal runs
                 runs += 1
-                await asyncio.sleep(0.3)
+                await go.wait()
                 return runs
 
             leading = asyncio.create_task(SingleFlight(cluster, name).run(job))
-            await asyncio.sleep(0.1)
-            started = time.monotonic()
-            values = await asyncio.gather(*(SingleFlight(other, name).run(job) for _ in range(8)))
-            waited = time.monotonic() - started
-            print(f"{name}: the followers had the value {waited * 1000:.0f} ms after asking")
+            await held_on_cluster(cluster, name)
+            following = asyncio.gather(*(SingleFlight(other, name).run(job) for _ in range(8)))
+            # The job ends once the followers wait for it (subscribed, where they can).
+            await followed_on_cluster(cluster, name)
+            landed = time.monotonic()
+            go.set()
+            values = await asyncio.wait_for(following, 10)
+            waited = time.monotonic() - landed
+            print(f"{name}: the followers had the value {waited * 1000:.0f} ms after it landed")
             assert (await leading, values, runs) == (1, [1] * 8, 1)
             # Woken by the landing's sharded message (polling: every 50 ms).
             assert waited < (0.5 if SHARDED else 1.0)

@@ -36,19 +36,30 @@ async def following(client: redis.Redis, name: str, processes: int) -> None:
         await asyncio.sleep(0.01)
 
 
-class Job:
-    """A job that counts its runs and returns ``(label, run number)`` after ``seconds``."""
+async def followed(client: redis.Redis, name: str, processes: int, go: asyncio.Event) -> None:
+    """Set ``go`` once ``processes`` clients follow flight ``name``."""
+    await following(client, name, processes)
+    go.set()
 
-    def __init__(self, label: str, seconds: float = 0.1) -> None:
+
+class Job:
+    """A job that counts its runs and returns ``(label, run number)`` after ``seconds``,
+    or once ``until`` is set if given (so that its followers surely came meanwhile)."""
+
+    def __init__(self, label: str, seconds: float = 0.1, until: asyncio.Event | None = None):
         self.label = label
         self.seconds = seconds
+        self.until = until
         self.runs = 0
         self.started = asyncio.Event()
 
     async def __call__(self) -> list[Any]:
         self.runs += 1
         self.started.set()
-        await asyncio.sleep(self.seconds)
+        if self.until is None:
+            await asyncio.sleep(self.seconds)
+        else:
+            await self.until.wait()
         return [self.label, self.runs]
 
 
@@ -56,9 +67,13 @@ async def test_concurrent_callers_of_two_clients_share_one_run(
     make_client: Callable[..., redis.Redis],
 ) -> None:
     clients = [make_client(), make_client()]  # two processes, as far as sharing goes
-    job = Job("one")
-    values = await asyncio.gather(
-        *(SingleFlight(c, "report", ttl=5).run(job) for c in clients for _ in range(32))
+    go = asyncio.Event()
+    job = Job("one", until=go)
+    values, _ = await asyncio.gather(
+        asyncio.gather(
+            *(SingleFlight(c, "report", ttl=5).run(job) for c in clients for _ in range(32))
+        ),
+        followed(clients[0], "report", 1, go),
     )
     assert job.runs == 1
     assert values == [["one", 1]] * 64
@@ -70,13 +85,15 @@ async def test_concurrent_callers_of_two_clients_share_one_run(
 async def test_callers_of_one_process_share_one_wait_on_the_server(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    job = Job("shared", seconds=0.5)
+    go = asyncio.Event()
+    job = Job("shared", until=go)
     leading = asyncio.create_task(SingleFlight(make_client(), "report").run(job))
     await job.started.wait()
     follower_client = make_client()
     before = await client.info("commandstats")
-    values = await asyncio.gather(
-        *(SingleFlight(follower_client, "report").run(job) for _ in range(32))
+    values, _ = await asyncio.gather(
+        asyncio.gather(*(SingleFlight(follower_client, "report").run(job) for _ in range(32))),
+        followed(client, "report", 1, go),
     )
     after = await client.info("commandstats")
     assert values == [["shared", 1]] * 32
@@ -103,24 +120,27 @@ async def test_an_error_reaches_the_followers_as_flight_failed(
     make_client: Callable[..., redis.Redis],
 ) -> None:
     leader_client, follower_client = make_client(), make_client()
-    started = asyncio.Event()
+    started, go = asyncio.Event(), asyncio.Event()
 
     async def failing() -> None:
         started.set()
-        await asyncio.sleep(0.1)
+        await go.wait()
         raise KeyError("no such report")
 
     async def follow() -> None:
         await started.wait()
         await SingleFlight(follower_client, "report").run(failing)
 
-    led, followed = await asyncio.gather(
-        SingleFlight(leader_client, "report").run(failing), follow(), return_exceptions=True
+    led, failed, _ = await asyncio.gather(
+        SingleFlight(leader_client, "report").run(failing),
+        follow(),
+        followed(leader_client, "report", 1, go),
+        return_exceptions=True,
     )
     assert isinstance(led, KeyError)  # the leader's own callers get the error itself
-    assert isinstance(followed, FlightFailed)
-    assert (followed.name, followed.error_type) == ("report", "KeyError")
-    assert followed.message == "'no such report'"
+    assert isinstance(failed, FlightFailed)
+    assert (failed.name, failed.error_type) == ("report", "KeyError")
+    assert failed.message == "'no such report'"
 
 
 async def test_a_late_arrival_runs_the_job_again_unless_the_value_is_kept(
@@ -206,8 +226,12 @@ async def test_a_lease_lost_after_the_landing_fails_no_caller(
 async def test_followers_of_a_client_decoding_responses_get_the_value(redis_url: str) -> None:
     clients = [redis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
     try:
-        job = Job("text", seconds=0.1)
-        values = await asyncio.gather(*(SingleFlight(c, "report").run(job) for c in clients))
+        go = asyncio.Event()
+        job = Job("text", until=go)
+        values, _ = await asyncio.gather(
+            asyncio.gather(*(SingleFlight(c, "report").run(job) for c in clients)),
+            followed(clients[0], "report", 1, go),
+        )
         assert values == [["text", 1]] * 2
     finally:
         for c in clients:
@@ -301,12 +325,15 @@ async def test_only_the_last_caller_to_leave_cancels_the_job(client: redis.Redis
 async def test_a_value_too_large_fails_the_flight_for_everyone(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    job = Job("x" * 100)
+    go = asyncio.Event()
+    job = Job("x" * 100, until=go)
     leader = asyncio.create_task(SingleFlight(client, "big", max_outcome=64).run(job))
     await job.started.wait()
     follower = SingleFlight(make_client(), "big", max_outcome=64)
+    gate = asyncio.create_task(followed(client, "big", 1, go))
     with pytest.raises(FlightFailed, match=r"ValueError: .*more than max_outcome=64"):
         await follower.run(job)
+    await gate
     with pytest.raises(ValueError, match="more than max_outcome=64"):
         await leader
     assert job.runs == 1
@@ -315,17 +342,19 @@ async def test_a_value_too_large_fails_the_flight_for_everyone(
 async def test_a_value_the_serializer_cannot_encode_fails_the_flight(
     client: redis.Redis, make_client: Callable[..., redis.Redis]
 ) -> None:
-    started = asyncio.Event()
+    started, go = asyncio.Event(), asyncio.Event()
 
     async def a_set() -> set[int]:
         started.set()
-        await asyncio.sleep(0.1)
+        await go.wait()
         return {1, 2}
 
     leader = asyncio.create_task(SingleFlight(client, "set").run(a_set))
     await started.wait()
+    gate = asyncio.create_task(followed(client, "set", 1, go))
     with pytest.raises(FlightFailed) as raised:
         await SingleFlight(make_client(), "set").run(a_set)
+    await gate
     assert raised.value.error_type == "TypeError"
     with pytest.raises(TypeError):
         await leader
@@ -345,16 +374,18 @@ async def test_a_serializer_of_ones_own_carries_the_value(
         def loads(data: bytes) -> set[int]:
             return set(json.loads(data))
 
-    started = asyncio.Event()
+    started, go = asyncio.Event(), asyncio.Event()
 
     async def a_set() -> set[int]:
         started.set()
-        await asyncio.sleep(0.1)
+        await go.wait()
         return {3, 1, 2}
 
     leader = asyncio.create_task(SingleFlight(client, "set", serializer=Sets()).run(a_set))
     await started.wait()
+    gate = asyncio.create_task(followed(client, "set", 1, go))
     assert await SingleFlight(make_client(), "set", serializer=Sets()).run(a_set) == {1, 2, 3}
+    await gate
     assert await leader == {1, 2, 3}
 
 
@@ -362,7 +393,7 @@ async def test_followers_poll_on_a_pool_of_one_connection(redis_url: str) -> Non
     leader_client = redis.Redis.from_url(redis_url)
     follower_client = redis.Redis.from_url(redis_url, max_connections=1)  # no pub/sub
     try:
-        job = Job("polled", seconds=0.2)
+        job = Job("polled", seconds=1.0)  # long enough for the follower to come
         leading = asyncio.create_task(SingleFlight(leader_client, "report").run(job))
         await job.started.wait()
         assert await SingleFlight(follower_client, "report").run(job) == ["polled", 1]
