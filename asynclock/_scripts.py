@@ -4,12 +4,14 @@ A script call is most of what an uncontended acquire or release costs the client
 it takes the shortest path redis-py offers: a connection from the client's pool, the
 command packed by hiredis (a dependency of ``redis[hiredis]``; redis-py's own packer
 takes several times longer), ``send_packed_command`` and ``read_response`` under the
-connection's own retry policy, as a redis-py pipeline does. That leaves out only what
-``execute_command`` adds around a command (response callbacks, which script replies
-have none of, and redis-py's own metrics). Clients with a connection of their own
-(``single_connection_client``) go through ``execute_command``; on Redis Cluster a
-script goes to its keys' node on one of the cluster client's connections, and through
-``execute_command`` only when the node redirects it or fails.
+connection's own retry policy, as a redis-py pipeline does, with one timer for the
+connection's ``socket_timeout`` around both (redis-py would spend a task and two
+timers). That leaves out only what ``execute_command`` adds around a command
+(response callbacks, which script replies have none of, and redis-py's own
+metrics). Clients with a connection of their own (``single_connection_client``) go
+through ``execute_command``; on Redis Cluster a script goes to its keys' node on one
+of the cluster client's connections, and through ``execute_command`` only when the
+node redirects it or fails.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._aio import within
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -330,6 +334,27 @@ async def run_command(client: Any, *command: Any) -> Any:
 
 
 async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
+    timeout = conn.socket_timeout
+    if not timeout:
+        return await _exchange(conn, command)
+    # One timer for the whole exchange, where redis-py spends a task and a timer on the
+    # write and another timer on the read: together the largest part of a script
+    # call's cost to the client. The connection is ours alone until it goes back to
+    # the pool, so its timeout is lifted only for this exchange.
+    conn.socket_timeout = None
+    try:
+        return await within(_exchange(conn, command), timeout)
+    except TimeoutError:
+        # Cut off mid-exchange: disconnected (redis-py does it too), so that no late
+        # reply is ever read by the next command.
+        await _drop(conn)
+        raise RedisTimeoutError(f"Timeout reading from the server after {timeout} s") from None
+    finally:
+        conn.socket_timeout = timeout
+
+
+async def _exchange(conn: Any, command: tuple[Any, ...]) -> Any:
+    """Send ``command`` on ``conn`` and read its reply."""
     encoder = conn.encoder
     try:
         # hiredis writes text as UTF-8: other encodings are the client's to apply.

@@ -11,9 +11,11 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from asynclock import LockBackendError, LockLost, MultiLock, Mutex, Semaphore
+from asynclock import LockBackendError, LockLost, MultiLock, Mutex, Semaphore, _scripts
 from asynclock._lock import LeaseLock
+from asynclock._names import NamedLocks
 from asynclock._server import RedisServer, free_port
 
 from .conftest import owner_key
@@ -162,3 +164,30 @@ async def test_a_client_that_retries_nothing_gets_the_error_at_once(
         assert time.monotonic() - began < 1.0
     finally:
         await client.aclose()
+
+
+async def test_a_script_call_cut_off_by_the_socket_timeout_leaves_the_connection_in_step(
+    own_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(own_server.url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    admin = redis.Redis.from_url(own_server.url)
+    try:
+        before = Mutex(client, "before")
+        assert await before.acquire(blocking=False)  # connected
+        await admin.client_pause(600, all=False)  # writes (our scripts) stall
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await _scripts.ACQUIRE(client, NamedLocks("asynclock:", ("x",)).keys, ("t", 30000))
+        assert 0.2 <= time.monotonic() - started < 0.5  # the client's own timeout
+        await asyncio.sleep(0.6)
+        # No late reply to the cut-off call is read as another's: each call gets its
+        # own, and the connection keeps its timeout.
+        assert before.lease is not None
+        assert await client.get(owner_key("before")) == before.lease.token.encode()
+        assert await client.get(owner_key("x")) in (None, b"t")
+        await before.release()
+        (connection,) = client.connection_pool._available_connections
+        assert connection.socket_timeout == 0.2
+    finally:
+        await client.aclose()
+        await admin.aclose()
