@@ -4,10 +4,10 @@ Run alone with ``python -m benchmarks.uncontended``; ``python -m benchmarks`` ru
 as the first part of the whole report.
 
 One ``redis.asyncio.Redis`` client (hiredis parser), one task, sequential awaits:
-each measurement runs ``--iterations`` operations back to back and is timed as a
-whole. Every round measures every kind once, interleaved, so that machine noise
-hits all kinds alike; the report shows the median round of each. Unless ``--url``
-is given, the server is a private one started on 127.0.0.1 for this run only.
+each round runs ``--iterations`` operations of every kind, in chunks of 100 timed as
+a whole, one chunk of each kind in turn, so that machine noise hits all kinds alike;
+the report shows the median round of each. Unless ``--url`` is given, the server is
+a private one started on 127.0.0.1 for this run only.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from ._kinds import BenchmarkError, Kind, build_kinds, check_clean, delete_keys
 #: Upper bounds of the options, so that no typo runs for hours.
 MAX_ITERATIONS = 1_000_000
 MAX_ROUNDS = 101
+#: Operations of one kind measured in a row, before every other kind's turn.
+CHUNK = 100
 #: Default limit on the whole run (server start excluded), in seconds.
 DEFAULT_TIME_LIMIT = 600.0
 #: How long connecting to the server, or deleting our keys at the end, may take (s).
@@ -101,17 +103,27 @@ async def timed(kind: Kind, n: int) -> float:
 
 
 async def measure(kinds: Sequence[Kind], iterations: int, rounds: int) -> list[Row]:
-    """Warm up, then measure every kind once per round, interleaved."""
+    """Warm up, then measure every kind once per round, interleaved.
+
+    A round runs each kind's operations in chunks of ``CHUNK``, one chunk of every kind
+    in turn: the machine's speed drifts within seconds, and the kinds compared share
+    its every tenth of a second rather than each having a second of its own.
+    """
     warmup = min(iterations, 500)
     for kind in kinds:
         await timed(kind, warmup)
     results: dict[str, list[float]] = {kind.key: [] for kind in kinds}
+    chunks = [CHUNK] * (iterations // CHUNK) + ([iterations % CHUNK] if iterations % CHUNK else [])
     for number in range(rounds):
         started = time.perf_counter()
-        # Rotate the order each round, so no kind always follows the same one.
-        shift = number % len(kinds)
-        for kind in [*kinds[shift:], *kinds[:shift]]:
-            results[kind.key].append(await timed(kind, iterations))
+        spent = dict.fromkeys(results, 0.0)
+        for index, chunk in enumerate(chunks):
+            # Rotate the order each time, so no kind always follows the same one.
+            shift = (number + index) % len(kinds)
+            for kind in [*kinds[shift:], *kinds[:shift]]:
+                spent[kind.key] += await timed(kind, chunk) * chunk
+        for key, total in spent.items():
+            results[key].append(total / iterations)
         summary = "  ".join(f"{kind.key} {results[kind.key][-1]:.1f}" for kind in kinds)
         print(
             f"round {number + 1}/{rounds}: {summary} us/op ({time.perf_counter() - started:.1f} s)",
@@ -162,7 +174,7 @@ async def run(url: str, where: str, iterations: int, rounds: int, time_limit: fl
     method = (
         f"asynclock {metadata.version('asynclock')}, redis-py {metadata.version('redis')}"
         f" + hiredis {metadata.version('hiredis')}; one client, one task, sequential awaits;"
-        f" {iterations} iterations x {rounds} rounds, interleaved; median round shown"
+        f" {iterations} iterations x {rounds} rounds, interleaved by {CHUNK}; median round shown"
     )
     return Report(header, method, tuple(rows))
 
