@@ -335,8 +335,10 @@ async def run_command(client: Any, *command: Any) -> Any:
 
 async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
     timeout = conn.socket_timeout
-    if not timeout:
+    if not timeout or _in_maintenance(conn):
         return await _exchange(conn, command)
+    if not conn.is_connected:  # connecting keeps its own timeout and retries
+        await conn.connect()
     # One timer for the whole exchange, where redis-py spends a task and a timer on the
     # write and another timer on the read: together the largest part of a script
     # call's cost to the client. The connection is ours alone until it goes back to
@@ -350,7 +352,16 @@ async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
         await _drop(conn)
         raise RedisTimeoutError(f"Timeout reading from the server after {timeout} s") from None
     finally:
-        conn.socket_timeout = timeout
+        if conn.socket_timeout is None:  # else redis-py set one meanwhile: it stays
+            conn.socket_timeout = timeout
+
+
+def _in_maintenance(conn: Any) -> bool:
+    """Whether redis-py (8.0 and later) has relaxed the connection's timeouts for a
+    server's maintenance: it then changes them as the server says, so the exchange
+    goes by redis-py's own timers."""
+    state = getattr(conn, "maintenance_state", None)
+    return state is not None and getattr(state, "name", "NONE") != "NONE"
 
 
 async def _exchange(conn: Any, command: tuple[Any, ...]) -> Any:

@@ -37,9 +37,11 @@ async def following(client: redis.Redis, name: str, processes: int) -> None:
 
 
 async def followed(client: redis.Redis, name: str, processes: int, go: asyncio.Event) -> None:
-    """Set ``go`` once ``processes`` clients follow flight ``name``."""
-    await following(client, name, processes)
-    go.set()
+    """Set ``go`` once ``processes`` clients follow flight ``name`` (or it failed to)."""
+    try:
+        await following(client, name, processes)
+    finally:
+        go.set()
 
 
 class Job:

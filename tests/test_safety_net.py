@@ -25,7 +25,6 @@ import redis.asyncio as redis
 from asynclock import Lease, LockEvent, LockLost, MultiLock, Mutex, Semaphore, _scripts, subscribe
 from asynclock._timing import drift_allowance
 
-from . import mutants
 from .conftest import owner_key
 
 
@@ -294,10 +293,3 @@ async def test_a_body_that_swallows_the_cancellation_of_a_loss_still_gets_lock_l
             # On Python 3.11 the loss is cancelled again until the body leaves.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.05)
-
-
-@pytest.mark.parametrize("mutant", mutants.MUTANTS, ids=lambda mutant: mutant.id)
-def test_every_planted_bug_still_applies_to_the_code(mutant: mutants.Mutant) -> None:
-    # `make mutants` plants each bug by replacing its text, found exactly once: code
-    # that moved must take its planted bugs along, or they would test nothing.
-    assert (mutants.ROOT / mutant.path).read_text().count(mutant.old) == 1

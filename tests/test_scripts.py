@@ -4,6 +4,8 @@ are reported."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -354,3 +356,32 @@ async def test_a_clients_fault_for_a_lost_connection_is_reported_as_one(
 async def test_any_other_fault_escapes_as_it_is(fault: Exception) -> None:
     with pytest.raises(type(fault), match=str(fault)):
         await _scripts.run_command(_FaultyCluster(fault), "GET", "a")
+
+
+async def test_a_script_call_leaves_timeouts_under_maintenance_to_redis_py(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+        await client.ping()
+        conn = client.connection_pool._available_connections[0]
+        seen: list[float | None] = []
+        read_response = conn.read_response
+
+        async def reading(*args: Any, **kwargs: Any) -> Any:
+            seen.append(conn.socket_timeout)
+            if len(seen) == 3:
+                conn.socket_timeout = 10  # relaxed by redis-py meanwhile (a maintenance)
+            return await read_response(*args, **kwargs)
+
+        conn.read_response = reading
+        # Out of maintenance: one timer of our own for the exchange, the connection's
+        # timeout lifted meanwhile and given back after.
+        assert await _scripts.run_command(client, "PING") == b"PONG"
+        # In maintenance (redis-py 8 relaxes timeouts then): redis-py's own timers.
+        conn.maintenance_state = SimpleNamespace(name="MAINTENANCE")
+        assert await _scripts.run_command(client, "PING") == b"PONG"
+        conn.maintenance_state = SimpleNamespace(name="NONE")
+        assert await _scripts.run_command(client, "PING") == b"PONG"
+        assert seen == [None, 2, None]
+        assert conn.socket_timeout == 10  # what redis-py set during the exchange stays
+    finally:
+        await client.aclose()
