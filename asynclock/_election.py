@@ -193,8 +193,12 @@ class Election:
                 pending = body.uncancel()
             return pending == 0
         if term is not None and not resigned:
-            self._emit("leader_resigned", term)
-            await self._tell_watchers()
+            if term.lost is not None:
+                # Lost under an error of the body's own, which propagates in its place.
+                self._emit("leader_deposed", term, term.lost)
+            else:
+                self._emit("leader_resigned", term)
+                await self._tell_watchers()
         return False
 
     async def _tell_watchers(self) -> None:

@@ -207,6 +207,23 @@ async def test_events_tell_elected_resigned_and_deposed(client: redis.Redis) -> 
     )
 
 
+async def test_a_term_lost_under_an_error_of_the_body_is_told_as_deposed(
+    client: redis.Redis,
+) -> None:
+    events: list[LockEvent] = []
+    stop = asynclock.subscribe(events.append)
+    try:
+        with pytest.raises(KeyError) as raised:
+            async with Election(client, "told", ttl=30):
+                await client.delete(owner_key("told"))  # an operator, a failover
+                raise KeyError("the job's own error")
+    finally:
+        stop()
+    assert any("lost" in note for note in raised.value.__notes__)  # the error propagates
+    ours = [(e.event, type(e.error)) for e in events if e.event.startswith("leader_")]
+    assert ours == [("leader_elected", type(None)), ("leader_deposed", LockLost)]
+
+
 @pytest.mark.parametrize(
     ("options", "error"),
     [
