@@ -27,6 +27,22 @@
 -- Otherwise the names are released as by release.lua (each published to the first
 -- in its line); when another process was first in line, the caller's process, whose
 -- successor still waits, also goes to the back of every name's line.
+--
+-- A hand-over is the path of every section of a lock contended inside a process. Per
+-- name it costs these commands, each needed:
+--   GET          the owner key: the caller must still hold the name;
+--   GET          the tombstone: a successor that gave up (its token released by its
+--                clean-up) must get nothing;
+--   ZRANGE       the first process in line and whether its place has lapsed, once the
+--   ZSCORE       process has handed over a run of times (ARGV[7]): a process that
+--                waits longer goes first;
+--   SET PX       the owner key, to the successor's token, with its TTL;
+--   TIME         the server clock and the fence counter, for the successor's fencing
+--   SET GET      token (see next_fence in common.lua);
+--   ZADD x2      when more of the process's coroutines wait ('back'): its place moves
+--   PEXPIRE x2   to the back of the line, behind the other processes, and is renewed
+--                (a place lapses unless renewed, so a dead process waits for nobody);
+--   SET PX       the tombstone, with the caller's token in front (see release.lua).
 local token = ARGV[1]
 local successor = ARGV[3] or ''
 local waiter = ARGV[5] or ''
