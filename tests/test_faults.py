@@ -178,7 +178,8 @@ async def test_a_script_call_cut_off_by_the_socket_timeout_leaves_the_connection
         started = time.monotonic()
         with pytest.raises(RedisTimeoutError):
             await _scripts.ACQUIRE(client, NamedLocks("asynclock:", ("x",)).keys, ("t", 30000))
-        assert 0.2 <= time.monotonic() - started < 0.5  # the client's own timeout
+        # The client's own timeout (uvloop may fire its timer a hair early).
+        assert 0.19 <= time.monotonic() - started < 0.5
         await asyncio.sleep(0.6)
         # No late reply to the cut-off call is read as another's: each call gets its
         # own, and the connection keeps its timeout.
