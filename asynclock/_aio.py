@@ -103,6 +103,14 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
             task.uncancel()
 
 
+async def background_done(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the background tasks spawned so far; return
+    whether none is left running."""
+    if _background:
+        await asyncio.wait(set(_background), timeout=timeout)
+    return not _background
+
+
 async def wait_done(future: asyncio.Future[Any]) -> None:
     """Wait for ``future`` to finish, whatever its outcome (reported by its own code)."""
     await asyncio.wait([future])

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
-from asynclock import _aio
+from asynclock._aio import background_done
 from asynclock._server import RedisServer
 
 from ._kinds import BenchmarkError, Kind, build_kinds, check_clean, delete_keys
@@ -101,8 +101,7 @@ async def timed(kind: Kind, n: int) -> float:
     # What the last operation left running (a cancelled watchdog, a clean-up in the
     # background) finishes outside the timing, not in the next kind's.
     await asyncio.sleep(0)
-    if _aio._background:
-        await asyncio.wait(list(_aio._background), timeout=CONNECT_TIMEOUT)
+    await background_done(CONNECT_TIMEOUT)
     return elapsed / n * 1e6
 
 
@@ -116,7 +115,6 @@ async def measure(kinds: Sequence[Kind], iterations: int, rounds: int) -> list[R
     warmup = min(iterations, 500)
     for kind in kinds:
         await timed(kind, warmup)
-    gc.collect()
     results: dict[str, list[float]] = {kind.key: [] for kind in kinds}
     chunks = [CHUNK] * (iterations // CHUNK) + ([iterations % CHUNK] if iterations % CHUNK else [])
     for number in range(rounds):

@@ -29,7 +29,7 @@ import pytest
 
 from asynclock import _acquire
 from asynclock._acquire import Acquisition
-from asynclock._aio import _background
+from asynclock._aio import background_done
 from asynclock._lease import Lease
 from asynclock._queue import LOCAL_RUN, LocalQueue, Offer, join_queue, queue_for
 from asynclock._resource import Grant, HandOver, Place, Successor
@@ -346,9 +346,7 @@ class FakeClient:
 async def background_settled() -> AsyncIterator[None]:
     """Each test ends with the lifecycle's background tasks (clean-ups) finished."""
     yield
-    if _background:
-        await asyncio.wait(set(_background), timeout=BOUND)
-    assert not _background, "a background task did not finish"
+    assert await background_done(BOUND), "a background task did not finish"
 
 
 @pytest.fixture
