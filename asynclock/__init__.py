@@ -11,6 +11,7 @@ from ._decorators import single_flight as single_flight
 from ._election import Election as Election
 from ._election import LeaderInfo as LeaderInfo
 from ._errors import FlightFailed as FlightFailed
+from ._errors import LimitMismatch as LimitMismatch
 from ._errors import LockBackendError as LockBackendError
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
@@ -33,7 +34,6 @@ from ._retry import RetryStrategy as RetryStrategy
 from ._rwlock import ReadLock as ReadLock
 from ._rwlock import ReadWriteLock as ReadWriteLock
 from ._rwlock import WriteLock as WriteLock
-from ._semaphore import LimitMismatch as LimitMismatch
 from ._semaphore import Semaphore as Semaphore
 
 __all__ = [

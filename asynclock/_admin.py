@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from . import _scripts
 from ._names import DEFAULT_PREFIX, NamedLocks, base_key, fence_key, line_keys, owner_key
-from ._rwlock import ReadWriteSide
-from ._semaphore import SemaphorePermits
+from ._permits import SemaphorePermits
+from ._sides import ReadWriteSide
 from ._validate import check_name, check_prefix
 
 Primitive = Literal["mutex", "semaphore", "rwlock"]

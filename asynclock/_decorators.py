@@ -25,10 +25,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _events
+from ._backend import check_client
 from ._errors import LockNotAcquired
 from ._flight import MAX_OUTCOME, Serializer, SingleFlight, check_flight
 from ._lease import Lease
-from ._lock import LeaseLock, check_client
+from ._lock import LeaseLock
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX
 from ._retry import RetryStrategy

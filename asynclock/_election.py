@@ -27,6 +27,7 @@ from ._errors import LockLost, LockNotOwned
 from ._lease import _MAX_REPEATED_CANCELS, _REPEATED_CANCEL_INTERVAL, Lease
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, base_key, owner_key
+from ._redis import redis_client
 from ._resource import BACKEND_ERRORS
 from ._retry import RetryStrategy
 from ._validate import check_name, check_prefix, check_seconds
@@ -109,8 +110,9 @@ class Election:
             f"{socket.gethostname()}:{os.getpid()}" if identity is None else identity
         )
         prefix = check_prefix(prefix)
+        self._client = redis_client(client, "Election")
         self._mutex = Mutex(
-            client,
+            self._client,
             self._name,
             ttl=ttl,
             retry=retry,
@@ -118,7 +120,6 @@ class Election:
             replica_timeout=replica_timeout,
             prefix=prefix,
         )
-        self._client = client
         self._keys = (owner_key(prefix, self._name), base_key(prefix, "leader", self._name))
         self._term: Lease | None = None
         self._body: asyncio.Task[Any] | None = None

@@ -112,3 +112,24 @@ class FlightFailed(LockError):
         self.name = name
         self.error_type = error_type
         self.message = message
+
+
+class LimitMismatch(LockError):
+    """A semaphore was acquired with a limit other than the one its live holders use.
+
+    Two callers disagreeing on a semaphore's limit would each enforce their own and
+    the smaller would mean nothing; asynclock refuses instead. Once every holder with
+    the old limit is gone, a new limit takes effect (as in a rolling deploy).
+
+    :ivar name: the semaphore's name
+    :ivar limit: the limit this caller asked for
+    :ivar limit_in_force: the limit the live holders use
+    """
+
+    def __init__(self, name: str, limit: int, limit_in_force: int) -> None:
+        super().__init__(
+            f"semaphore {name!r} is held with limit={limit_in_force}; this one has limit={limit}"
+        )
+        self.name = name
+        self.limit = limit
+        self.limit_in_force = limit_in_force

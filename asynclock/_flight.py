@@ -37,6 +37,7 @@ from ._lease import Lease
 from ._mutex import Mutex
 from ._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
 from ._notify import notifier_for
+from ._redis import redis_client
 from ._resource import BACKEND_ERRORS
 from ._validate import check_count, check_name, check_optional_seconds, check_prefix
 
@@ -140,8 +141,9 @@ class SingleFlight:
         self._timeout, self._keep_ms, self._serializer, self._max_outcome = check_flight(
             timeout, keep_for, serializer, max_outcome
         )
+        self._client = redis_client(client, "SingleFlight")
         self._mutex = Mutex(
-            client,
+            self._client,
             self._name,
             ttl=ttl,
             blocking=False,
@@ -149,7 +151,6 @@ class SingleFlight:
             replica_timeout=replica_timeout,
             prefix=prefix,
         )
-        self._client = client
         outcome = base_key(prefix, "flight", self._name)
         self._look_keys = (owner_key(prefix, self._name), fence_key(prefix, self._name), outcome)
         self._land_keys = (self._look_keys[0], outcome)

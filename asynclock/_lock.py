@@ -16,14 +16,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypedDict, TypeVar
 
-import redis
-import redis.asyncio
-
 from . import _events
 from ._acquire import Acquisition
+from ._backend import Backend
 from ._errors import LockBackendError, LockError, LockNotAcquired, LockNotOwned
 from ._lease import Lease
-from ._notify import notifier_for
 from ._queue import queue_for
 from ._resource import BACKEND_ERRORS, Resource
 from ._retry import RetryStrategy, never_gives_up
@@ -99,7 +96,7 @@ class LeaseLock:
 
     def __init__(
         self,
-        client: Any,
+        backend: Backend,
         resource: Resource,
         *,
         ttl: float = 30.0,
@@ -114,8 +111,9 @@ class LeaseLock:
         replicas: int = 0,
         replica_timeout: float = 1.0,
     ) -> None:
-        check_client(client)
-        self._client = client
+        self._backend = backend
+        # What the resource's calls take: the redis-py client, for Redis.
+        self._client = backend.client
         self._resource = resource
         self._policy = LeasePolicy.build(
             ttl=ttl,
@@ -127,6 +125,10 @@ class LeaseLock:
             replicas=replicas,
             replica_timeout=replica_timeout,
         )
+        if replicas and not backend.waits_for_replicas:
+            raise ValueError(
+                f"replicas needs a store with replicas; this is a {backend.kind} backend"
+            )
         self._timeout = check_optional_seconds(timeout, "timeout")
         if not isinstance(blocking, bool):
             raise TypeError(f"blocking must be a bool, not {type(blocking).__name__}")
@@ -210,7 +212,7 @@ class LeaseLock:
         return self._current_lease().fencing_token
 
     async def locked(self) -> bool:
-        """Ask Redis whether the lock is held now (for a semaphore: no permit free)."""
+        """Ask the store whether the lock is held now (for a semaphore: no permit free)."""
         return await self._call(self._resource.locked(self._client), "inspection")
 
     async def _call(self, aw: Awaitable[_T], action: str) -> _T:
@@ -291,7 +293,7 @@ class LeaseLock:
             # a timeout or a retry limit, ends as for any held lock.
             self._refuse_self_deadlock(task, held_by_task)
 
-        notifier = notifier_for(self._client) if blocking else None
+        notifier = self._backend.notifications() if blocking else None
         acquisition = Acquisition(
             self._resource, self._client, self._policy, self._retry, notifier, blocking=blocking
         )
@@ -429,21 +431,3 @@ def _same_server(one: Any, other: Any) -> bool:
     if first is None or second is None:
         return False  # cluster clients: only the same client object counts
     return all(first.get(key) == second.get(key) for key in ("host", "port", "path", "db"))
-
-
-def check_client(client: object) -> None:
-    """Refuse anything but a redis-py asyncio client, before any command is sent."""
-    if client is None:
-        raise TypeError("client must be a redis.asyncio client, not None")
-    if isinstance(client, (redis.Redis, redis.RedisCluster)):
-        raise TypeError(
-            "asynclock needs an asyncio client: use redis.asyncio.Redis "
-            "(or redis.asyncio.RedisCluster), not the synchronous redis.Redis"
-        )
-    if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
-        # Other clients (valkey-py, coredis, ...) raise their own exception types, which
-        # asynclock could neither retry nor map to LockBackendError.
-        raise TypeError(
-            "client must be a redis-py asyncio client (redis.asyncio.Redis, or "
-            f"redis.asyncio.RedisCluster), not {type(client).__module__}.{type(client).__name__}"
-        )

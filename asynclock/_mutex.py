@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Unpack
 
 from ._lock import LeaseLock, LockOptions
-from ._names import DEFAULT_PREFIX, NamedLocks
+from ._names import DEFAULT_PREFIX
+from ._redis import backend_for
 from ._validate import check_name, check_prefix
 
 
@@ -33,7 +34,8 @@ class Mutex(LeaseLock):
         here A's release sends token a, which no longer matches, and raises LockNotOwned.
 
     :param client: a ``redis.asyncio.Redis`` (standalone, Sentinel or
-        ``redis.asyncio.RedisCluster``) client; the lock never closes it
+        ``redis.asyncio.RedisCluster``) client, or a :class:`~asynclock.Backend`
+        (:func:`~asynclock.connect`); the lock never closes it
     :param name: the lock's name, a non-empty ``str``
     :param ttl: the lease's time to live in seconds; a crashed holder's lock frees
         itself after this long (at least 0.01)
@@ -78,7 +80,8 @@ class Mutex(LeaseLock):
         **options: Unpack[LockOptions],
     ) -> None:
         self._name = check_name(name)
-        super().__init__(client, NamedLocks.of(check_prefix(prefix), (self._name,)), **options)
+        backend = backend_for(client)
+        super().__init__(backend, backend.locks(check_prefix(prefix), (self._name,)), **options)
 
     @property
     def name(self) -> str:

@@ -208,7 +208,7 @@ class NamedLocks:
         """Free the names ``token`` holds without a tombstone; return how many.
 
         For a lock that took these names and must let them go before trying again
-        with the same token, which a tombstone would refuse (see ``SlotGroups``).
+        with the same token, which a tombstone would refuse (see ``SlotGroups`` in ``_slots.py``).
         """
         return int(await _scripts.FORCE_RELEASE(client, self.keys, (token,)))
 

@@ -1,132 +1,18 @@
 """``ReadWriteLock``: many readers or one writer, on one name, across every process.
 
-Keys, all with the name's hash tag (one Redis Cluster slot), apart from the keys of
-locks and semaphores of the same name:
-
-- ``<prefix>rwlock:{<name>}:writer``: the writing holder's token, with a PX expiry;
-- ``...:readers``: a sorted set of reading holders' tokens scored by their expiry in
-  milliseconds on the server's clock (each reader expires on its own, so a crashed
-  reader frees its share after its TTL without touching the others), and
-  ``...:reader-fences``, each reader's fencing token;
-- ``...:line`` and ``...:line-alive``: the processes waiting to read (``r:<id>``) or
-  to write (``w:<id>``), by arrival and by when their place lapses unless renewed;
-- ``...:fence``: the fence counter, the last writer's fencing token;
-- ``...:released``: the tombstone, the tokens most recently released.
-
-Who may enter is one rule (``rw_acquire.lua``): nobody ahead of the caller may be in
-its way. A reader enters unless a writer holds or waits ahead of it; a writer enters
-unless anyone holds or waits ahead of it. Releases wake the waiters on the readers'
-and the writers' channels.
+Who may enter is one rule: nobody ahead of the caller may be in its way. A reader
+enters unless a writer holds or waits ahead of it; a writer enters unless anyone holds
+or waits ahead of it. Its keys and scripts on Redis are in ``_sides.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Unpack
+from typing import Any, Unpack
 
-from . import _scripts
 from ._lock import LeaseLock, LockOptions
-from ._names import DEFAULT_PREFIX, PLACE_MS, RELEASE_TOMBSTONE_MS, base_key
-from ._resource import Grant, HandOver, Place, Successor
+from ._names import DEFAULT_PREFIX
+from ._redis import backend_for
 from ._validate import check_name, check_prefix
-
-Mode = Literal["r", "w"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadWriteSide:
-    """The :class:`~asynclock._resource.Resource` of one side (read or write) of a
-    read-write lock."""
-
-    prefix: str
-    name: str
-    mode: Mode
-    #: writer, readers, reader fences, line, line-alive, fence, tombstone, and the
-    #: readers' and writers' channels.
-    keys: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        base = base_key(self.prefix, "rwlock", self.name)
-        parts = ("writer", "readers", "reader-fences", "line", "line-alive", "fence")
-        keys = (*(f"{base}:{part}" for part in parts), f"{base}:released")
-        object.__setattr__(self, "keys", (*keys, f"{base}:read", f"{base}:write"))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The lock's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The lock's name, for messages."""
-        return self.name
-
-    @property
-    def key(self) -> str:
-        """The writer key, or the readers' sorted set."""
-        return self.keys[0] if self.mode == "w" else self.keys[1]
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where this side's waiters are woken: the readers' or the writers' channel."""
-        return (self.keys[7],) if self.mode == "r" else (self.keys[8],)
-
-    @property
-    def exclusive(self) -> bool:
-        """A writer excludes everyone; a reader, no other reader."""
-        return self.mode == "w"
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """A writer keeps out readers and writers; a reader, writers."""
-        return (self.keys[7], self.keys[8]) if self.mode == "w" else (self.keys[8],)
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: a release wakes the waiters, who try."""
-        return False
-
-    async def acquire(
-        self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
-    ) -> Grant:
-        """Take this side for ``token`` if nobody ahead is in the way (see the module)."""
-        args = (token, ttl_ms, self.mode, waiter, place, PLACE_MS)
-        reply = await _scripts.RW_ACQUIRE(client, self.keys[:7], args)
-        if int(reply[0]) == 1:
-            return Grant(True, (int(reply[1]),))
-        wait_ms = int(reply[1])
-        return Grant(False, (), retry_after=wait_ms / 1000 if wait_ms > 0 else None)
-
-    async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
-        """Reset the holder's expiry if it still holds; never revive it."""
-        reply = await _scripts.RW_EXTEND(client, self.keys[:3], (token, ttl_ms, self.mode))
-        return int(reply) == 1
-
-    async def release(self, client: Any, token: str) -> bool:
-        """Give back what ``token`` holds; report whether it still held it."""
-        keys = (*self.keys[:5], self.keys[6], self.keys[7], self.keys[8])
-        reply = await _scripts.RW_RELEASE(client, keys, (token, RELEASE_TOMBSTONE_MS, self.mode))
-        return int(reply) == 1
-
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the waiters are woken, and try."""
-        return HandOver(await self.release(client, token), None)
-
-    async def leave_line(self, client: Any, waiter: str) -> None:
-        """Give up the process's place in line, waking the others."""
-        keys = (self.keys[3], self.keys[4], self.keys[7], self.keys[8])
-        await _scripts.RW_LEAVE(client, keys, (f"{self.mode}:{waiter}",))
-
-    async def inspect(self, client: Any) -> tuple[bool, int, int]:
-        """Return whether a writer holds, the live readers, and the writers waiting."""
-        reply = await _scripts.RW_INSPECT(client, self.keys[:5], ())
-        return bool(int(reply[0])), int(reply[1]), int(reply[2])
-
-    async def locked(self, client: Any) -> bool:
-        """Whether this side would have to wait: a writer holds (or, for a writer,
-        anyone holds); a reader may still wait for a writer ahead of it in line."""
-        writer, readers, _ = await self.inspect(client)
-        return writer or (self.mode == "w" and readers > 0)
 
 
 class ReadLock(LeaseLock):
@@ -182,7 +68,8 @@ class ReadWriteLock:
     - No upgrade: a task holding the read side that asks for the write side waits for
       itself (until its timeout).
 
-    :param client: a ``redis.asyncio`` client (standalone, Sentinel or Cluster)
+    :param client: a ``redis.asyncio`` client (standalone, Sentinel or Cluster), or a
+        :class:`~asynclock.Backend`
     :param name: the lock's name, a non-empty ``str``
 
     The other parameters are :class:`Mutex`'s, for both sides.
@@ -198,8 +85,10 @@ class ReadWriteLock:
     ) -> None:
         self._name = check_name(name)
         prefix = check_prefix(prefix)
-        self._read = ReadLock(client, ReadWriteSide(prefix, self._name, "r"), **options)
-        self._write = WriteLock(client, ReadWriteSide(prefix, self._name, "w"), **options)
+        backend = backend_for(client)
+        self._sides = backend.read_write(prefix, self._name, "w")
+        self._read = ReadLock(backend, backend.read_write(prefix, self._name, "r"), **options)
+        self._write = WriteLock(backend, self._sides, **options)
 
     def __repr__(self) -> str:
         return f"<ReadWriteLock {self._name!r}>"
@@ -218,21 +107,19 @@ class ReadWriteLock:
         return self._write
 
     async def readers(self) -> int:
-        """Ask Redis how many live readers hold the lock now."""
+        """Ask the store how many live readers hold the lock now."""
         _, readers, _ = await self._inspect()
         return readers
 
     async def writing(self) -> bool:
-        """Ask Redis whether a writer holds the lock now."""
+        """Ask the store whether a writer holds the lock now."""
         writer, _, _ = await self._inspect()
         return writer
 
     async def writers_waiting(self) -> int:
-        """Ask Redis how many processes wait to write (their places not lapsed)."""
+        """Ask the store how many processes wait to write (on Redis: their places not lapsed)."""
         _, _, writers = await self._inspect()
         return writers
 
     async def _inspect(self) -> tuple[bool, int, int]:
-        side = self._write._resource
-        assert isinstance(side, ReadWriteSide)
-        return await self._write._call(side.inspect(self._write._client), "inspection")
+        return await self._write._call(self._sides.inspect(self._write._client), "inspection")

@@ -86,7 +86,7 @@ def test_every_script_runs_on_the_lua_versions_fakeredis_offers(lua: str) -> Non
     program = """
 import asyncio, fakeredis
 from asynclock import Mutex, ReadWriteLock, Semaphore, SingleFlight
-from asynclock._semaphore import SemaphorePermits
+from asynclock._permits import SemaphorePermits
 
 async def main():
     client = fakeredis.FakeAsyncRedis()

@@ -8,7 +8,7 @@ import pytest
 from redis.crc import key_slot
 
 from asynclock._names import NamedLocks, base_key, fence_key, has_hash_tag, owner_key
-from asynclock._semaphore import SemaphorePermits
+from asynclock._permits import SemaphorePermits
 
 TRICKY = ["x", "{x}", "{x}:fence", "}x", "x}", "a}b", "{}", "{", "}", "lock:{x}", "{a}{b}", "é"]
 KINDS = ["lock", "fence", "semaphore"]

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock import LimitMismatch, LockLost, LockNotOwned, Semaphore
-from asynclock._semaphore import SemaphorePermits
+from asynclock._permits import SemaphorePermits
 
 from .conftest import cancel_at_random_turns
 
