@@ -1,4 +1,4 @@
-"""asynclock: asyncio-native distributed locks on Redis.
+"""asynclock: asyncio-native distributed locks on Redis (or in memory, for one process).
 
 ``async with Mutex(client, "jobs:report"):`` means exactly one holder runs the body,
 across every process that shares the Redis server, and keeps meaning it when the
@@ -6,6 +6,8 @@ body outlives its TTL (auto-extend), when the lease is lost (the body is cancell
 and ``LockLost`` raised), and when a task is cancelled halfway through an acquire.
 """
 
+from ._backend import Backend as Backend
+from ._connect import connect as connect
 from ._decorators import locked as locked
 from ._decorators import single_flight as single_flight
 from ._election import Election as Election
@@ -24,8 +26,10 @@ from ._flight import Serializer as Serializer
 from ._flight import SingleFlight as SingleFlight
 from ._lease import Lease as Lease
 from ._lock import LockStatistics as LockStatistics
+from ._memory import MemoryBackend as MemoryBackend
 from ._multilock import MultiLock as MultiLock
 from ._mutex import Mutex as Mutex
+from ._redis import RedisBackend as RedisBackend
 from ._retry import ExponentialBackoff as ExponentialBackoff
 from ._retry import LimitRetries as LimitRetries
 from ._retry import LinearBackoff as LinearBackoff
@@ -37,6 +41,7 @@ from ._rwlock import WriteLock as WriteLock
 from ._semaphore import Semaphore as Semaphore
 
 __all__ = [
+    "Backend",
     "Election",
     "ExponentialBackoff",
     "FlightFailed",
@@ -52,16 +57,19 @@ __all__ = [
     "LockNotAcquired",
     "LockNotOwned",
     "LockStatistics",
+    "MemoryBackend",
     "MultiLock",
     "Mutex",
     "NoRetry",
     "ReadLock",
     "ReadWriteLock",
+    "RedisBackend",
     "RetryStrategy",
     "Semaphore",
     "Serializer",
     "SingleFlight",
     "WriteLock",
+    "connect",
     "locked",
     "set_verbosity",
     "single_flight",

@@ -89,8 +89,8 @@ class LockBackendError(LockError):
     :ivar name: the lock's name
     """
 
-    def __init__(self, name: str, action: str, error: BaseException) -> None:
-        super().__init__(f"{action} of lock {name!r} failed: {type(error).__name__}: {error}")
+    def __init__(self, name: str, action: str, error: BaseException, *, what: str = "lock") -> None:
+        super().__init__(f"{action} of {what} {name!r} failed: {type(error).__name__}: {error}")
         self.name = name
 
 

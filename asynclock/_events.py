@@ -30,6 +30,9 @@ event                  level       when
                                    is the term)
 ``leader_resigned``    INFO        this replica's term ended: it stepped down
 ``leader_deposed``     WARNING     this replica's term was lost (its lease)
+``backend_fallback``   WARNING     ``connect(url, fallback="memory")`` found the store
+                                   unreachable and uses memory instead (``lock`` and
+                                   ``key``: the URL, without credentials)
 =====================  ==========  =====================================================
 
 :func:`set_verbosity` chooses what reaches the logger: ``"default"`` (task events and
@@ -71,6 +74,12 @@ LEVELS: Final[dict[str, int]] = {
     "leader_elected": logging.INFO,
     "leader_resigned": logging.INFO,
     "leader_deposed": logging.WARNING,
+    "backend_fallback": logging.WARNING,
+}
+
+# What a logged event adds to its message, when its name alone would not say enough.
+_NOTES: Final[dict[str, str]] = {
+    "backend_fallback": "in-process memory locks used instead, excluding nothing across processes",
 }
 _DEFAULT_EVENTS: Final = frozenset(
     name
@@ -93,6 +102,7 @@ class LockEvent:
     :ivar task: the decorated function's qualified name, for ``task_*`` events
     :ivar at: when it happened, on ``time.time()``
     :ivar primitive: ``"mutex"``, ``"multilock"``, ``"semaphore"`` or ``"election"``
+        (``"backend"`` for ``backend_fallback``)
     :ivar template: the ``@locked`` name template the lock's name was made from (such
         as ``"report:{user_id}"``), for events of decorated calls: a label of bounded
         cardinality for metrics
@@ -193,6 +203,8 @@ def emit(event: LockEvent) -> None:
         level = LEVELS[event.event]
         if _log.isEnabledFor(level):
             message = f"{event.event} {event.lock!r}"
+            if event.event in _NOTES:
+                message += f" ({_NOTES[event.event]})"
             if event.error is not None:
                 message += f": {event.error!r}"
             _log.log(level, message, extra={"lock_event": event, **event.fields()})

@@ -8,6 +8,7 @@ from importlib import resources
 import asynclock
 
 PUBLIC = [
+    "Backend",
     "Election",
     "ExponentialBackoff",
     "FlightFailed",
@@ -23,16 +24,19 @@ PUBLIC = [
     "LockNotAcquired",
     "LockNotOwned",
     "LockStatistics",
+    "MemoryBackend",
     "MultiLock",
     "Mutex",
     "NoRetry",
     "ReadLock",
     "ReadWriteLock",
+    "RedisBackend",
     "RetryStrategy",
     "Semaphore",
     "Serializer",
     "SingleFlight",
     "WriteLock",
+    "connect",
     "locked",
     "set_verbosity",
     "single_flight",

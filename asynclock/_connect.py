@@ -1,0 +1,176 @@
+"""``connect(url)``: from configuration to a backend, with an explicit driver rule.
+
+``connect(url)`` uses the store the URL names, or fails at connect time with
+``LockBackendError``. ``connect(url, fallback="memory")`` is the *auto* driver: when
+the store cannot be reached at connect time it returns a :class:`MemoryBackend`, and
+says so loudly (a WARNING, a ``backend_fallback`` event, and the backend's
+``fell_back_from``). The choice is made once, here: a backend never switches stores
+afterwards, so no held lock ever changes store under its holder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+from . import _events
+from ._aio import within
+from ._backend import Backend
+from ._errors import LockBackendError
+from ._memory import MemoryBackend
+from ._redis import RedisBackend
+from ._resource import BACKEND_ERRORS
+
+_log = logging.getLogger("asynclock")
+
+#: The URL schemes :func:`connect` knows.
+SCHEMES: Final = (
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+
+
+async def connect(
+    url: str,
+    *,
+    fallback: Literal["memory"] | None = None,
+    timeout: float = 5.0,
+    **options: Any,
+) -> Backend:
+    """Connect to the lock store ``url`` names, and check that it answers.
+
+    ::
+
+        backend = await connect(os.environ["LOCKS_URL"])  # redis://cache:6379/0
+        async with Mutex(backend, "jobs:report"):
+            ...
+
+    URLs: ``memory://`` (this process only); ``redis://``, ``rediss://`` and
+    ``unix://`` as redis-py reads them (``redis://:password@host:6379/0``);
+    ``redis+sentinel://host:26379,host2:26379/<service>[/<db>]`` (credentials in the
+    URL are the primary's; ``sentinel_kwargs=`` in ``options`` for the sentinels');
+    ``redis+cluster://host:7000`` (any node; ``rediss+`` for TLS).
+
+    :param url: where the locks live
+    :param fallback: ``"memory"`` to use in-process locks when the store cannot be
+        reached now (they exclude nothing across processes: a WARNING and a
+        ``backend_fallback`` event say so); ``None`` (the default) to fail instead
+    :param timeout: how long to wait for the store's first answer, in seconds
+    :param options: passed to the redis-py client (``socket_timeout=``, ``password=``)
+    :returns: the backend, to pass wherever a primitive takes a client; close it with
+        ``await backend.aclose()`` or ``async with``
+    :raises ValueError: an unknown scheme, a malformed URL, a bad ``fallback`` or
+        ``timeout`` (before anything is sent)
+    :raises LockBackendError: the store did not answer within ``timeout``, and there
+        is no fallback
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if fallback not in (None, "memory"):
+        raise ValueError(f"fallback must be None or 'memory', not {fallback!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{name}://" for name in SCHEMES)
+        raise ValueError(f"cannot connect to {redacted(url)!r}: the scheme must be one of {known}")
+    if scheme == "memory":
+        if url.lower() != "memory://":
+            raise ValueError(f"memory:// takes nothing after it, not {url!r}")
+        return MemoryBackend()
+    client = _redis_client(scheme, url, options)
+    try:
+        await within(_first_answer(client), timeout)
+    except (TimeoutError, *BACKEND_ERRORS) as exc:
+        await client.aclose()
+        if fallback is None:
+            raise LockBackendError(redacted(url), "connect", exc, what="store") from exc
+        return _fall_back(url, exc)
+    except BaseException:
+        await client.aclose()
+        raise
+    return RedisBackend(client, owns_client=True)
+
+
+async def _first_answer(client: Any) -> None:
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # reads the cluster's map of slots
+    await client.ping()
+
+
+def _redis_client(scheme: str, url: str, options: dict[str, Any]) -> Any:
+    """The redis-py client for ``url``; nothing is sent yet."""
+    base, _, topology = scheme.partition("+")
+    plain = base + url[len(scheme) :]  # the URL with a scheme redis-py knows
+    if topology == "cluster":
+        return RedisCluster.from_url(plain, **options)
+    if topology == "sentinel":
+        return _sentinel_primary(base, plain, options)
+    return redis.asyncio.Redis.from_url(plain, **options)
+
+
+def _sentinel_primary(base: str, url: str, options: dict[str, Any]) -> Any:
+    parts = urlsplit(url)
+    path = [part for part in parts.path.split("/") if part]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            f"{redacted(url)!r}: a sentinel URL ends in /<service name>[/<db>], "
+            "as in redis+sentinel://host:26379/mymaster/0"
+        )
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ValueError(f"{redacted(url)!r}: each sentinel is host:port, not {host!r}")
+        sentinels.append((name, int(port)))
+    sentinel_kwargs = options.pop("sentinel_kwargs", None)
+    if base == "rediss":
+        options.setdefault("ssl", True)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **options)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(
+        path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=parts.username,
+        password=parts.password,
+    )
+
+
+def _fall_back(url: str, error: BaseException) -> MemoryBackend:
+    where = redacted(url)
+    backend = MemoryBackend()
+    backend.fell_back_from = where
+    # A WARNING through the event's log record (backend_fallback's default level).
+    _events.emit(
+        _events.LockEvent(
+            "backend_fallback",
+            where,
+            where,
+            error=error,
+            at=_events.now(),
+            primitive="backend",
+            outcome="memory",
+        )
+    )
+    return backend
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and events."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    user = credentials.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
