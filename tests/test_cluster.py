@@ -27,6 +27,7 @@ from asynclock import (
     ReadWriteLock,
     Semaphore,
     SingleFlight,
+    connect,
     locked,
     subscribe,
 )
@@ -118,6 +119,18 @@ async def test_mutex_on_redis_cluster(cluster_port: int) -> None:
         assert len(nodes) == 3  # the names really were spread over every node
     finally:
         await client.aclose()
+
+
+async def test_connect_to_a_cluster_url(cluster_port: int) -> None:
+    async with await connect(f"redis+cluster://127.0.0.1:{cluster_port}") as backend:
+        assert isinstance(backend.client, RedisCluster)
+        names = names_on_every_node(backend.client)
+        async with MultiLock(backend, names, ttl=5.0) as lease:
+            assert len(lease.fencing_tokens) == 3
+            for name in names:
+                assert (
+                    await backend.client.get(owner_key("asynclock:", name)) == lease.token.encode()
+                )
 
 
 async def test_multilock_and_semaphore_on_redis_cluster(cluster_port: int) -> None:

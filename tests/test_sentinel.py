@@ -27,7 +27,7 @@ import pytest
 import redis
 from redis.asyncio.sentinel import Sentinel
 
-from asynclock import LockLost, Mutex
+from asynclock import LockLost, Mutex, connect
 from asynclock._server import RedisServer, find_server_binary, free_port
 
 pytestmark = pytest.mark.slow
@@ -109,6 +109,17 @@ async def clients(
     yield holder_client, waiter_client
     await holder_client.aclose()
     await waiter_client.aclose()
+
+
+async def test_connect_to_a_sentinel_url(
+    deployment: tuple[RedisServer, RedisServer, list[int]],
+) -> None:
+    primary, _, sentinels = deployment
+    hosts = ",".join(f"127.0.0.1:{port}" for port in sentinels)
+    async with await connect(f"redis+sentinel://{hosts}/{SERVICE}/0") as backend:
+        async with Mutex(backend, "job", ttl=5.0) as lease:
+            with redis.Redis(port=primary.port) as direct:
+                assert direct.get("asynclock:lock:{job}") == lease.token.encode()
 
 
 def role(port: int) -> str:

@@ -1,0 +1,101 @@
+"""``connect(url)``: the store a URL names, the explicit memory fallback, bad URLs."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from asynclock import (
+    LockBackendError,
+    LockEvent,
+    MemoryBackend,
+    Mutex,
+    RedisBackend,
+    connect,
+    subscribe,
+)
+
+
+def unused_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_memory_url() -> None:
+    backend = await connect("memory://")
+    assert isinstance(backend, MemoryBackend)
+    assert backend.fell_back_from is None
+    async with backend, Mutex(backend, "job") as lease:
+        assert lease.fencing_token > 0
+
+
+async def test_a_redis_url_gives_a_redis_backend_that_closes_its_client(redis_url: str) -> None:
+    backend = await connect(redis_url, socket_timeout=5)
+    assert isinstance(backend, RedisBackend)
+    assert backend.kind == "redis"
+    assert backend.spans_processes
+    async with backend:
+        async with Mutex(backend, "job", ttl=5.0):
+            assert await backend.client.exists("asynclock:lock:{job}") == 1
+        client = backend.client
+    assert client.connection_pool._in_use_connections == set()
+
+
+async def test_an_unreachable_store_fails_at_connect_time() -> None:
+    url = f"redis://:secret@127.0.0.1:{unused_port()}/0"
+    started = time.monotonic()
+    with pytest.raises(LockBackendError, match="connect") as caught:
+        await connect(url, timeout=2.0)
+    assert time.monotonic() - started < 3.0
+    assert "secret" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+async def test_the_memory_fallback_is_loud_and_visible(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://:secret@127.0.0.1:{unused_port()}/0"
+    seen: list[LockEvent] = []
+    unsubscribe = subscribe(seen.append)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asynclock"):
+            backend = await connect(url, fallback="memory", timeout=2.0)
+    finally:
+        unsubscribe()
+    assert isinstance(backend, MemoryBackend)
+    assert backend.fell_back_from == url.replace("secret", "***")
+    [event] = [event for event in seen if event.event == "backend_fallback"]
+    assert event.lock == backend.fell_back_from
+    assert event.error is not None
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "backend_fallback"]
+    assert record.levelno == logging.WARNING
+    assert "nothing across processes" in record.getMessage()
+    assert "secret" not in record.getMessage()
+
+
+async def test_a_reachable_store_is_used_even_with_a_fallback(redis_url: str) -> None:
+    async with await connect(redis_url, fallback="memory") as backend:
+        assert isinstance(backend, RedisBackend)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "error", "match"),
+    [
+        ("postgres://x", {}, ValueError, "scheme must be one of"),
+        ("localhost:6379", {}, ValueError, "scheme must be one of"),
+        ("memory://x", {}, ValueError, "nothing after it"),
+        (b"redis://", {}, TypeError, "must be a str"),
+        ("memory://", {"fallback": "redis"}, ValueError, "fallback"),
+        ("memory://", {"timeout": 0}, ValueError, "timeout"),
+        ("redis+sentinel://127.0.0.1:1", {}, ValueError, "service name"),
+        ("redis+sentinel://127.0.0.1/svc", {}, ValueError, "host:port"),
+    ],
+)
+async def test_bad_urls_and_options_are_refused_before_anything_is_sent(
+    url: object, options: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        await connect(url, **options)  # type: ignore[arg-type]
