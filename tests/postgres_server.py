@@ -222,8 +222,7 @@ class PostgresServer:
             except _PortInUse:
                 if not chosen or attempt == 2:
                     raise RuntimeError(
-                        f"port {self._port} on 127.0.0.1 is in use; server log:\n"
-                        f"{self.log_tail()}"
+                        f"port {self._port} on 127.0.0.1 is in use; server log:\n{self.log_tail()}"
                     ) from None
                 self._port = None
         raise AssertionError("unreachable")

@@ -116,10 +116,10 @@ async def test_connect_to_a_sentinel_url(
 ) -> None:
     primary, _, sentinels = deployment
     hosts = ",".join(f"127.0.0.1:{port}" for port in sentinels)
-    async with await connect(f"redis+sentinel://{hosts}/{SERVICE}/0") as backend:
-        async with Mutex(backend, "job", ttl=5.0) as lease:
-            with redis.Redis(port=primary.port) as direct:
-                assert direct.get("asynclock:lock:{job}") == lease.token.encode()
+    backend = await connect(f"redis+sentinel://{hosts}/{SERVICE}/0")
+    async with backend, Mutex(backend, "job", ttl=5.0) as lease:
+        with redis.Redis(port=primary.port) as direct:
+            assert direct.get("asynclock:lock:{job}") == lease.token.encode()
 
 
 def role(port: int) -> str:
