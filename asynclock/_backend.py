@@ -13,6 +13,7 @@ A primitive's first argument is "the client": a ``redis.asyncio`` client (which
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
@@ -37,6 +38,62 @@ class Sides(Resource, Protocol):
 
     async def inspect(self, client: Any) -> tuple[bool, int, int]:
         """Return whether a writer holds, the live readers, and the writers waiting."""
+        ...
+
+
+class Outcomes(Protocol):
+    """Where a single flight lands its job's outcome, beside its lease (a ``Mutex``'s
+    on the same name); see ``_flight.py`` for the rule the floor follows."""
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The lease's release channel and the landing's: what followers watch."""
+        ...
+
+    async def look(self, client: Any, floor: str) -> tuple[int, str, Any]:
+        """What a caller finds: ``(2, floor, outcome)`` to take, ``(1, floor, pttl)``
+        while a leader holds the lease (0: landed, releasing), ``(0, floor, -2)`` when
+        nobody does. ``floor`` is ``""`` on arrival, then what the first look said."""
+        ...
+
+    async def land(
+        self, client: Any, token: str, fence: int, outcome: bytes, keep_ms: int, grace_ms: int
+    ) -> bool:
+        """Store ``outcome`` if ``token`` still holds the lease, and wake the followers;
+        late arrivals may take it for ``keep_ms``, waiting followers for ``grace_ms``."""
+        ...
+
+    async def wake(self, client: Any) -> None:
+        """Wake the followers: the leader left without landing (one of them leads)."""
+        ...
+
+
+class Changes(Protocol):
+    """A watcher's subscription to an election's changes."""
+
+    async def next(self, seconds: float) -> None:
+        """Return at the next change heard of, or after ``seconds``."""
+        ...
+
+
+class Leadership(Protocol):
+    """Who leads an election: the announcement beside its lease (a ``Mutex``'s)."""
+
+    async def announce(self, client: Any, token: str, announcement: str) -> bool:
+        """Store and publish ``announcement`` if ``token`` holds the lease."""
+        ...
+
+    async def leader(self, client: Any) -> tuple[Any, Any] | None:
+        """The lease's holder token and the announcement (``None`` if not made yet)
+        in one step; ``None`` when nobody holds the lease."""
+        ...
+
+    async def tell_watchers(self, client: Any) -> None:
+        """Tell watchers of a step-down (best effort)."""
+        ...
+
+    def changes(self, client: Any) -> AbstractAsyncContextManager[Changes]:
+        """A subscription to announcements and step-downs, for a watcher."""
         ...
 
 
@@ -77,6 +134,14 @@ class Backend(ABC):
     @abstractmethod
     def read_write(self, prefix: str, name: str, mode: Mode) -> Sides:
         """One side, ``"r"`` or ``"w"``, of the read-write lock ``name``."""
+
+    @abstractmethod
+    def outcomes(self, prefix: str, name: str) -> Outcomes:
+        """The outcome of the single flight ``name``."""
+
+    @abstractmethod
+    def leadership(self, prefix: str, name: str) -> Leadership:
+        """The leader of the election ``name``."""
 
     @abstractmethod
     def notifications(self) -> Notifications | None:

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
-from . import _events, _scripts
+from . import _events
 from ._errors import LockLost, LockNotOwned
 from ._lease import _MAX_REPEATED_CANCELS, _REPEATED_CANCEL_INTERVAL, Lease
 from ._mutex import Mutex
-from ._names import DEFAULT_PREFIX, base_key, owner_key
-from ._redis import redis_client
-from ._resource import BACKEND_ERRORS
+from ._names import DEFAULT_PREFIX
+from ._redis import backend_for
 from ._retry import RetryStrategy
 from ._validate import check_name, check_prefix, check_seconds
 
@@ -110,9 +109,10 @@ class Election:
             f"{socket.gethostname()}:{os.getpid()}" if identity is None else identity
         )
         prefix = check_prefix(prefix)
-        self._client = redis_client(client, "Election")
+        backend = backend_for(client)
+        self._client = backend.client
         self._mutex = Mutex(
-            self._client,
+            backend,
             self._name,
             ttl=ttl,
             retry=retry,
@@ -120,7 +120,7 @@ class Election:
             replica_timeout=replica_timeout,
             prefix=prefix,
         )
-        self._keys = (owner_key(prefix, self._name), base_key(prefix, "leader", self._name))
+        self._leadership = backend.leadership(prefix, self._name)
         self._term: Lease | None = None
         self._body: asyncio.Task[Any] | None = None
         self._resigned = False  # resign() ended the current term
@@ -203,12 +203,8 @@ class Election:
         return False
 
     async def _tell_watchers(self) -> None:
-        """Publish a step-down for :meth:`watch` (a release publishes only to a line
-        of waiters). Best effort: watchers read again every ``interval`` anyway."""
-        if _scripts.is_cluster(self._client):
-            return  # cluster watchers read at their interval
-        with contextlib.suppress(*BACKEND_ERRORS):
-            await self._client.publish(self._keys[1], "")
+        """Tell watchers of a step-down (a release wakes only a line of waiters)."""
+        await self._leadership.tell_watchers(self._client)
 
     async def _announce(self, lease: Lease) -> None:
         announcement = json.dumps(
@@ -220,10 +216,9 @@ class Election:
             }
         )
         made = await self._mutex._call(
-            _scripts.ANNOUNCE(self._client, self._keys, (lease.token, announcement)),
-            "announce",
+            self._leadership.announce(self._client, lease.token, announcement), "announce"
         )
-        if not int(made):
+        if not made:
             raise LockLost(self._name, "the lease was gone before the leader was announced")
 
     async def resign(self) -> None:
@@ -289,9 +284,9 @@ class Election:
         """Who leads now (``None``: nobody), read from the server in one step."""
         for _ in range(_ANNOUNCING_READS):
             reply = await self._mutex._call(
-                _scripts.LEADER(self._client, self._keys, ()), "read the leader of"
+                self._leadership.leader(self._client), "read the leader of"
             )
-            if not reply:
+            if reply is None:
                 return None
             token, announcement = _text(reply[0]), reply[1]
             if announcement:
@@ -313,29 +308,15 @@ class Election:
         ``interval`` seconds only.
         """
         every = check_seconds(interval, "interval")
-        pubsub = self._client.pubsub() if _can_subscribe(self._client) else None
-        try:
-            if pubsub is not None:
-                try:
-                    # Subscribed before the first read: no change between them is missed.
-                    await pubsub.subscribe(*self._keys)
-                except BACKEND_ERRORS:
-                    await _closed(pubsub)
-                    pubsub = None  # read every interval instead
+        # Subscribed before the first read: no change between them is missed.
+        async with self._leadership.changes(self._client) as changes:
             last: object = _NOTHING_YET
             while True:
                 now = await self.leader()
                 if now != last:
                     last = now
                     yield now
-                try:
-                    await _message_or_pause(pubsub, every)
-                except BACKEND_ERRORS:
-                    await _closed(pubsub)
-                    pubsub = None
-        finally:
-            if pubsub is not None:
-                await pubsub.aclose()
+                await changes.next(every)
 
     def _emit(self, event: str, lease: Lease, error: BaseException | None = None) -> None:
         if _events.listening(event):
@@ -343,7 +324,7 @@ class Election:
                 _events.LockEvent(
                     event=event,
                     lock=self._name,
-                    key=self._keys[0],
+                    key=self._mutex._resource.key,
                     token=lease.token,
                     fencing_token=lease.fencing_token,
                     duration=time.monotonic() - lease.acquired_at,
@@ -355,34 +336,6 @@ class Election:
 
 
 _NOTHING_YET: Final = object()
-
-
-async def _message_or_pause(pubsub: Any, seconds: float) -> None:
-    """Return at the next message on ``pubsub`` or after ``seconds``."""
-    if pubsub is None:
-        await asyncio.sleep(seconds)
-        return
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-        if message is not None:
-            return
-
-
-def _can_subscribe(client: Any) -> bool:
-    """Whether ``client`` can give a watcher a pub/sub connection of its own: not a
-    cluster client (its step-downs are not published), nor a pool of one connection
-    (the subscription would take the one its reads need)."""
-    if _scripts.is_cluster(client):
-        return False
-    max_connections = getattr(client.connection_pool, "max_connections", None)
-    return max_connections is None or max_connections >= 2
-
-
-async def _closed(pubsub: Any) -> None:
-    """Close ``pubsub`` after a failure, whatever its state; the watcher polls on."""
-    with contextlib.suppress(*BACKEND_ERRORS):
-        await pubsub.aclose()
 
 
 def _check_identity(identity: object) -> str:

@@ -30,14 +30,12 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
-from . import _scripts
 from ._aio import complete_despite_cancel, wait_done, within
 from ._errors import FlightFailed, LockBackendError, LockLost, LockNotAcquired
 from ._lease import Lease
 from ._mutex import Mutex
-from ._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
-from ._notify import notifier_for
-from ._redis import redis_client
+from ._names import DEFAULT_PREFIX
+from ._redis import backend_for
 from ._resource import BACKEND_ERRORS
 from ._validate import check_count, check_name, check_optional_seconds, check_prefix
 
@@ -141,9 +139,10 @@ class SingleFlight:
         self._timeout, self._keep_ms, self._serializer, self._max_outcome = check_flight(
             timeout, keep_for, serializer, max_outcome
         )
-        self._client = redis_client(client, "SingleFlight")
+        self._backend = backend_for(client)
+        self._client = self._backend.client
         self._mutex = Mutex(
-            self._client,
+            self._backend,
             self._name,
             ttl=ttl,
             blocking=False,
@@ -151,11 +150,9 @@ class SingleFlight:
             replica_timeout=replica_timeout,
             prefix=prefix,
         )
-        outcome = base_key(prefix, "flight", self._name)
-        self._look_keys = (owner_key(prefix, self._name), fence_key(prefix, self._name), outcome)
-        self._land_keys = (self._look_keys[0], outcome)
+        self._outcomes = self._backend.outcomes(prefix, self._name)
         # Woken by a release of the lease, and by a landing.
-        self._channels = self._land_keys
+        self._channels = self._outcomes.channels
 
     def __repr__(self) -> str:
         return f"<SingleFlight {self._name!r}>"
@@ -189,7 +186,7 @@ class SingleFlight:
         flights = _flights.get(self._client)
         if flights is None:
             flights = _flights[self._client] = {}
-        key = self._land_keys[1]
+        key = self._channels[1]
         flight = flights.get(key)
         if flight is None or flight.task.done() or flight.task.get_loop() is not _loop():
             flight = flights[key] = _Flight(asyncio.ensure_future(self._fly(fn, args, kwargs)))
@@ -210,7 +207,7 @@ class SingleFlight:
     async def _fly(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
         """Follow the flight under way, or lead one; return the outcome's value."""
         started = time.monotonic()
-        notifier = notifier_for(self._client)
+        notifier = self._backend.notifications()
         woken = asyncio.Event()
         watching = False
         releasing = 0  # looks that found the leader landed and releasing
@@ -231,7 +228,7 @@ class SingleFlight:
                     # landing or release after it is missed (a leader needs none).
                     await notifier.watch(self._channels, woken)
                     watching = True
-                    if notifier_for(self._client) is None:
+                    if self._backend.notifications() is None:
                         # Refused (a cluster of servers before Redis 7.0): poll.
                         notifier.unwatch(self._channels, woken)
                         notifier, watching = None, False
@@ -256,11 +253,9 @@ class SingleFlight:
     async def _look(self, floor: str) -> tuple[int, str, Any]:
         """Read the flight (look.lua): what was found, the caller's floor, and the
         outcome found or the leader's time to live in milliseconds."""
-        kind, new_floor, found = await self._mutex._call(
-            _scripts.LOOK(self._client, self._look_keys, (floor,)), "look at the outcome of"
+        return await self._mutex._call(
+            self._outcomes.look(self._client, floor), "look at the outcome of"
         )
-        kind = int(kind)
-        return kind, str(int(new_floor)), found if kind == _LANDED else int(found)
 
     async def _lead(
         self, floor: str, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
@@ -290,7 +285,7 @@ class SingleFlight:
 
     async def _wake_followers(self) -> None:
         with contextlib.suppress(*BACKEND_ERRORS):
-            await _scripts.WAKE(self._client, self._land_keys[1:], ())
+            await self._outcomes.wake(self._client)
 
     async def _as_leader(
         self,
@@ -326,11 +321,11 @@ class SingleFlight:
         return encoded
 
     async def _land(self, lease: Lease, outcome: bytes, *, keep: bool) -> None:
-        args = (lease.token, lease.fencing_token, outcome, self._keep_ms if keep else 0, _GRACE_MS)
-        landed = await self._mutex._call(
-            _scripts.LAND(self._client, self._land_keys, args), "land the outcome of"
+        keep_ms = self._keep_ms if keep else 0
+        landing = self._outcomes.land(
+            self._client, lease.token, lease.fencing_token, outcome, keep_ms, _GRACE_MS
         )
-        if not int(landed):
+        if not await self._mutex._call(landing, "land the outcome of"):
             raise LockLost(self._name, "the lease was gone before the outcome was landed")
 
     def _open(self, outcome: Any) -> Any:

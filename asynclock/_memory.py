@@ -20,10 +20,11 @@ token released by its clean-up) must give it nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,6 +56,17 @@ class _Permits:
 
     limit: int
     holders: dict[str, _Hold] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Landed:
+    """A single flight's outcome: its lease's fence, until when late arrivals may take
+    it, and when it goes."""
+
+    fence: int
+    until: float
+    expires: float
+    outcome: bytes
 
 
 @dataclass(slots=True)
@@ -118,7 +130,10 @@ class MemoryBackend(Backend):
         self._holds: dict[str, _Hold] = {}
         self._semaphores: dict[str, _Permits] = {}
         self._rwlocks: dict[str, _ReadWrite] = {}
+        self._landed: dict[str, _Landed] = {}
+        self._announced: dict[str, tuple[str, str]] = {}  # leader key -> (token, text)
         self._fences = itertools.count(1)
+        self._last_fence = 0
         self._released: dict[str, float] = {}  # token -> when, oldest first
         self._writes = 0
         self._notifier: MemoryNotifier | None = None
@@ -138,6 +153,14 @@ class MemoryBackend(Backend):
         """One side of the read-write lock ``name``."""
         return MemorySide(self, name, base_key(prefix, "rwlock", name), mode)
 
+    def outcomes(self, prefix: str, name: str) -> MemoryOutcomes:
+        """The outcome of the single flight ``name``."""
+        return MemoryOutcomes(self, owner_key(prefix, name), base_key(prefix, "flight", name))
+
+    def leadership(self, prefix: str, name: str) -> MemoryLeadership:
+        """The leader of the election ``name``."""
+        return MemoryLeadership(self, owner_key(prefix, name), base_key(prefix, "leader", name))
+
     def notifications(self) -> MemoryNotifier:
         """The notifier of the running loop's waiters."""
         notifier = self._notifier
@@ -149,7 +172,12 @@ class MemoryBackend(Backend):
 
     def fence(self) -> int:
         """The next fencing token."""
-        return next(self._fences)
+        self._last_fence = next(self._fences)
+        return self._last_fence
+
+    def last_fence(self) -> int:
+        """The latest fencing token given (0: none yet)."""
+        return self._last_fence
 
     def hold(self, key: str, now: float) -> _Hold | None:
         """The live holder of ``key``, dropping one whose lease ran out."""
@@ -190,6 +218,10 @@ class MemoryBackend(Backend):
             _drop_expired(state.holders, now)
             if not state.holders:
                 del self._semaphores[key]
+        for key in [key for key, landed in self._landed.items() if landed.expires <= now]:
+            del self._landed[key]
+        for key in [key for key in self._announced if self.hold(key, now) is None]:
+            del self._announced[key]
         for key, rw in list(self._rwlocks.items()):
             _tidy(rw, now)
             if rw.writer is None and not rw.readers and not rw.line:
@@ -604,3 +636,118 @@ class MemorySide:
         """Whether this side would have to wait for a holder."""
         writer, readers, _ = await self.inspect(client)
         return writer or (self.mode == "w" and readers > 0)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MemoryOutcomes:
+    """A single flight's outcome in a :class:`MemoryBackend`, beside its lease (a
+    ``Mutex``'s on ``owner``). The rule is ``scripts/look.lua``'s."""
+
+    store: MemoryBackend
+    owner: str
+    key: str
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The lease's release channel and the landing's."""
+        return (self.owner, self.key)
+
+    async def look(self, client: Any, floor: str) -> tuple[int, str, Any]:
+        """What a caller finds: an outcome to take, a leader at work, or nobody.
+
+        Fencing tokens come from one counter for the whole backend, so "the next
+        lease's fence" is at least one more than the latest given on any name.
+        """
+        store, now = self.store, time.monotonic()
+        hold = store.hold(self.owner, now)
+        landed = store._landed.get(self.key)
+        if landed is not None and landed.expires <= now:
+            del store._landed[self.key]
+            landed = None
+        landed_fence = -1 if landed is None else landed.fence
+        lowest = int(floor) if floor else store.last_fence() + 1
+        if not floor and hold is not None and landed_fence != hold.fence:
+            lowest = hold.fence  # the flight under way, not landed yet
+        if landed is not None and (landed.fence >= lowest or now < landed.until):
+            return 2, str(lowest), landed.outcome
+        if hold is not None:
+            if landed_fence == hold.fence:
+                return 1, str(lowest), 0  # landed; its leader is releasing
+            return 1, str(lowest), max(1, round((hold.expires - now) * 1000))
+        return 0, str(lowest), -2
+
+    async def land(
+        self, client: Any, token: str, fence: int, outcome: bytes, keep_ms: int, grace_ms: int
+    ) -> bool:
+        """Store ``outcome`` if ``token`` still holds the lease; wake the followers."""
+        store, now = self.store, time.monotonic()
+        hold = store.hold(self.owner, now)
+        if hold is None or hold.token != token:
+            return False
+        expires = now + max(keep_ms, grace_ms) / 1000
+        store._landed[self.key] = _Landed(fence, now + keep_ms / 1000, expires, bytes(outcome))
+        store.wrote(now)
+        store.publish((self.key,))
+        return True
+
+    async def wake(self, client: Any) -> None:
+        """Wake the followers: one of them leads now."""
+        self.store.publish((self.key,))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MemoryLeadership:
+    """An election's announcement in a :class:`MemoryBackend`, beside its lease (a
+    ``Mutex``'s on ``owner``)."""
+
+    store: MemoryBackend
+    owner: str
+    key: str
+
+    async def announce(self, client: Any, token: str, announcement: str) -> bool:
+        """Store and publish ``announcement`` if ``token`` holds the lease."""
+        store, now = self.store, time.monotonic()
+        hold = store.hold(self.owner, now)
+        if hold is None or hold.token != token:
+            return False
+        store._announced[self.owner] = (token, announcement)
+        store.wrote(now)
+        store.publish((self.key,))
+        return True
+
+    async def leader(self, client: Any) -> tuple[Any, Any] | None:
+        """The holder's token and its announcement (``None`` if not made yet)."""
+        hold = self.store.hold(self.owner, time.monotonic())
+        if hold is None:
+            return None
+        announced = self.store._announced.get(self.owner)
+        return hold.token, None if announced is None else announced[1]
+
+    async def tell_watchers(self, client: Any) -> None:
+        """Wake the watchers: the leader stepped down."""
+        self.store.publish((self.key,))
+
+    @contextlib.asynccontextmanager
+    async def changes(self, client: Any) -> AsyncIterator[_Changes]:
+        """A subscription to announcements and step-downs, for a watcher."""
+        notifier = self.store.notifications()
+        changes = _Changes()
+        await notifier.watch((self.key, self.owner), changes.event)
+        try:
+            yield changes
+        finally:
+            notifier.unwatch((self.key, self.owner), changes.event)
+
+
+class _Changes:
+    """A watcher's subscription: an event set by every change."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def next(self, seconds: float) -> None:
+        """Return at the next change, or after ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.event.wait()
+        self.event.clear()

@@ -1,7 +1,8 @@
 """Locks on Redis behind the backend boundary: :class:`RedisBackend`.
 
 The resources are the keys and scripts of each primitive (``_names.py``,
-``_slots.py``, ``_permits.py``, ``_sides.py``); the notifier is the client's pub/sub
+``_slots.py``, ``_permits.py``, ``_sides.py``, ``_outcomes.py``,
+``_leadership.py``); the notifier is the client's pub/sub
 subscriber (``_notify.py``).
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from ._backend import Backend, Counted, Sides, check_client
+from ._leadership import RedisLeadership
 from ._names import NamedLocks
 from ._notify import Notifications, notifier_for
+from ._outcomes import RedisOutcomes
 from ._permits import SemaphorePermits
 from ._resource import Resource
 from ._sides import Mode, ReadWriteSide
@@ -57,6 +60,14 @@ class RedisBackend(Backend):
         """The read-write lock's keys and scripts, for one side."""
         return ReadWriteSide(prefix, name, mode)
 
+    def outcomes(self, prefix: str, name: str) -> RedisOutcomes:
+        """The flight's outcome key and scripts."""
+        return RedisOutcomes(prefix, name)
+
+    def leadership(self, prefix: str, name: str) -> RedisLeadership:
+        """The election's announcement key, scripts and subscription."""
+        return RedisLeadership(prefix, name)
+
     def notifications(self) -> Notifications | None:
         """The client's pub/sub notifier (see ``_notify.py``)."""
         return notifier_for(self._client)
@@ -75,14 +86,3 @@ def backend_for(client: object) -> Backend:
     if isinstance(client, Backend):
         return client
     return RedisBackend(client)
-
-
-def redis_client(client: object, what: str) -> Any:
-    """The redis-py client behind ``client``, for a part that runs on Redis only.
-
-    :raises TypeError: ``client`` is another backend (``what`` says what refused it)
-    """
-    backend = backend_for(client)
-    if not isinstance(backend, RedisBackend):
-        raise TypeError(f"{what} runs on Redis only; this is a {backend.kind} backend")
-    return backend.client

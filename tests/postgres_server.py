@@ -153,11 +153,12 @@ class PostgresServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _popen_identity(self) -> dict[str, object]:
-        """Popen arguments that run a child as the unprivileged user, when root."""
+    def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
+        """The user, group and supplementary groups for a child process: the
+        unprivileged user's when root, else None (this process's own)."""
         if self._user is None:
-            return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+            return None, None, None
+        return self._user.pw_uid, self._user.pw_gid, []
 
     def _initdb(self, timeout: float) -> None:
         if self._dir is None:
@@ -172,6 +173,7 @@ class PostgresServer:
             "--no-sync",  # nothing here must survive a power cut
             "--no-instructions",
         ]  # fmt: skip
+        user, group, extra_groups = self._run_as()
         with self.log_path.open("ab") as log:
             try:
                 result = subprocess.run(
@@ -182,7 +184,9 @@ class PostgresServer:
                     env=_child_env(),
                     timeout=timeout,
                     check=False,
-                    **self._popen_identity(),  # type: ignore[arg-type]
+                    user=user,
+                    group=group,
+                    extra_groups=extra_groups,
                 )
             except subprocess.TimeoutExpired:
                 raise RuntimeError(
@@ -242,6 +246,7 @@ class PostgresServer:
         for name, value in settings.items():
             args += ["-c", f"{name}={value}"]
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        user, group, extra_groups = self._run_as()
         with self.log_path.open("ab") as log:
             # A session of its own: a Ctrl-C meant for the test run does not reach
             # the server, whose shutdown stop() controls.
@@ -252,7 +257,9 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 env=_child_env(),
                 start_new_session=True,
-                **self._popen_identity(),  # type: ignore[arg-type]
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         while not self._accepts_connections():
             if self._process.poll() is not None:
@@ -260,6 +267,12 @@ class PostgresServer:
                 new_output = self.log_path.read_bytes()[log_start:]
                 if b"could not bind" in new_output or b"Address already in use" in new_output:
                     raise _PortInUse
+                if b"is still in use" in new_output and time.monotonic() < deadline:
+                    # After kill(), the old server's backends may not have exited
+                    # yet and still hold its shared memory: wait for them.
+                    time.sleep(0.1)
+                    self._launch(deadline)
+                    return
                 raise RuntimeError(
                     f"postgres exited during startup; server log:\n{self.log_tail()}"
                 )

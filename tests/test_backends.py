@@ -19,6 +19,7 @@ import redis.asyncio as redis
 
 from asynclock import (
     Backend,
+    Election,
     LimitMismatch,
     LockEvent,
     LockLost,
@@ -28,6 +29,7 @@ from asynclock import (
     Mutex,
     ReadWriteLock,
     Semaphore,
+    SingleFlight,
     locked,
     subscribe,
 )
@@ -291,6 +293,72 @@ async def test_locked_runs_a_decorated_call_once_while_held(store: Any) -> None:
     results = await asyncio.gather(*(report("mon") for _ in range(5)))
     assert runs == 1
     assert results.count("mon") == 1
+
+
+async def test_a_single_flight_runs_once_for_every_caller(store: Any) -> None:
+    runs = 0
+    started = asyncio.Event()
+
+    async def job() -> int:
+        nonlocal runs
+        runs += 1
+        started.set()
+        await asyncio.sleep(0.2)
+        return 42
+
+    # Three objects, as three processes would have, on one name.
+    flights = [SingleFlight(store, "refresh", ttl=5.0, timeout=5.0) for _ in range(3)]
+    assert await asyncio.gather(*(flight.run(job) for flight in flights)) == [42, 42, 42]
+    assert runs == 1
+    assert await flights[0].run(job) == 42  # a new flight, after the last one landed
+    assert runs == 2
+
+    async def failing() -> int:
+        await asyncio.sleep(0.2)
+        raise KeyError("gone")
+
+    first = asyncio.create_task(flights[0].run(failing))
+    await asyncio.sleep(0.05)
+    with pytest.raises(KeyError):  # callers of the leader's process get its error itself
+        await flights[1].run(failing)
+    with pytest.raises(KeyError):
+        await first
+
+
+async def test_an_election_has_one_leader_and_watchers_see_changes(store: Any) -> None:
+    one = Election(store, "scheduler", identity="one", ttl=5.0)
+    two = Election(store, "scheduler", identity="two", ttl=5.0)
+    seen: list[str | None] = []
+
+    async def watch() -> None:
+        async for info in two.watch(interval=10.0):  # woken by changes, not the interval
+            seen.append(None if info is None else info.identity)
+
+    async def lead() -> int:
+        async with two as second_term:
+            await asyncio.sleep(0.05)
+            return second_term.fencing_token
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.1)
+    async with one as term:
+        campaign = asyncio.create_task(lead())
+        await asyncio.sleep(0.1)
+        assert not campaign.done()
+        info = await two.leader()
+        assert info is not None
+        assert info.identity == "one"
+        assert info.term == term.fencing_token
+    assert await asyncio.wait_for(campaign, 5.0) > term.fencing_token
+    for _ in range(100):
+        if seen[-1:] == [None] and "two" in seen:
+            break
+        await asyncio.sleep(0.02)
+    watcher.cancel()
+    assert seen[0] is None
+    assert "one" in seen
+    assert "two" in seen
+    assert seen[-1] is None
 
 
 def test_every_backend_here_is_a_backend() -> None:
