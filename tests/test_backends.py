@@ -1,10 +1,11 @@
 """One conformance suite: the promises of the primitives, on every backend.
 
-Each test runs on Redis (the test server) and in memory (:class:`MemoryBackend`), and
-must pass the same way on both. What a backend cannot promise is marked where it is
+Each test runs on Redis (the test server), on PostgreSQL (the session's server) and in
+memory (:class:`MemoryBackend`), and must pass the same way on each. What a backend cannot promise is marked where it is
 asked: memory excludes nothing across processes (``test_processes.py`` holds those
 tests, on Redis). Backend-specific tests stay apart: Redis faults in
-``test_faults.py``, memory's own in ``test_memory.py``.
+``test_faults.py``, PostgreSQL's in ``test_postgres.py``, memory's own in
+``test_memory.py``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from asynclock import (
     subscribe,
 )
 
-from .conftest import cancel_at_random_turns
+from asynclock.postgres import PostgresBackend
 
-BACKENDS = ["redis", "memory"]
+from .conftest import cancel_at_random_turns, empty_postgres
+
+BACKENDS = ["redis", "postgres", "memory"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -44,6 +47,15 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     """What a primitive is given as its client, on each backend."""
     if request.param == "memory":
         yield MemoryBackend()
+        return
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        await empty_postgres(url)
+        backend = await PostgresBackend.connect(url)
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
         return
     client = redis.Redis.from_url(redis_url)
     await client.flushdb()

@@ -1,0 +1,211 @@
+"""What is particular to :class:`PostgresBackend`, on the session's own server.
+
+Processes that exclude each other, releases heard through ``LISTEN``/``NOTIFY``, a
+server restart under a held lock, the listening connection lost, no connection held
+while a lock is held. The promises shared with Redis are in ``test_backends.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from asynclock import (
+    LinearBackoff,
+    LockBackendError,
+    MemoryBackend,
+    Mutex,
+    ReadWriteLock,
+    Semaphore,
+    connect,
+)
+from asynclock.postgres import PostgresBackend
+
+from .conftest import empty_postgres
+from .postgres_server import PostgresServer
+from .test_processes import assert_each_name_held_alone, most_at_once, overlaps, run_contenders
+
+# Polling alone would take 5 s: a waiter back within a second was woken by NOTIFY.
+SLOW_POLL = LinearBackoff(delay=5.0, jitter=0)
+
+
+@pytest.fixture
+async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
+    """A backend on a database without asynclock's schema (installed on connect)."""
+    await empty_postgres(postgres_url)
+    connected = await PostgresBackend.connect(postgres_url)
+    try:
+        yield connected
+    finally:
+        await connected.aclose()
+
+
+@pytest.fixture
+async def other(postgres_url: str, backend: PostgresBackend) -> AsyncIterator[PostgresBackend]:
+    """A second backend on the same database: another process's view."""
+    connected = await PostgresBackend.connect(postgres_url)
+    try:
+        yield connected
+    finally:
+        await connected.aclose()
+
+
+@pytest.mark.slow
+def test_processes_on_postgres_never_overlap(postgres_url: str, tmp_path: Path) -> None:
+    asyncio.run(empty_postgres(postgres_url))
+    records = run_contenders(postgres_url, tmp_path, "procs", [4, 10])
+    assert len(records) == 3 * 4 * 10
+    assert overlaps(records) == []
+    fences = [record["fence"] for record in sorted(records, key=lambda r: r["start"])]
+    assert fences == sorted(set(fences))
+    names = ["m1", "m2", "m3", "m4"]
+    records = run_contenders(postgres_url, tmp_path, ",".join(names), [4, 8])
+    assert_each_name_held_alone(records, names)
+    records = run_contenders(postgres_url, tmp_path, "sem", [6, 6, 2])
+    assert most_at_once(records) == 2
+
+
+async def test_a_release_wakes_another_process_waiter_through_notify(
+    backend: PostgresBackend, other: PostgresBackend
+) -> None:
+    for make in (
+        lambda store: Mutex(store, "job", ttl=5.0, retry=SLOW_POLL),
+        lambda store: Semaphore(store, "pool", limit=1, ttl=5.0, retry=SLOW_POLL),
+        lambda store: ReadWriteLock(store, "rw", ttl=5.0, retry=SLOW_POLL).write(),
+    ):
+        holder, waiter = make(backend), make(other)
+        assert await holder.acquire()
+        waiting = asyncio.create_task(waiter.acquire(timeout=10.0))
+        await asyncio.sleep(0.3)  # the waiter tried, and listens
+        released = time.monotonic()
+        await holder.release()
+        assert await waiting
+        assert time.monotonic() - released < 1.0
+        await waiter.release()
+
+
+async def test_a_held_lock_survives_a_server_restart(
+    backend: PostgresBackend, other: PostgresBackend, postgres_server: PostgresServer
+) -> None:
+    async with Mutex(backend, "job", ttl=1.0) as lease:
+        postgres_server.restart()  # the pool's connections are cut
+        await asyncio.sleep(1.5)  # past the TTL: only extensions kept it
+        assert lease.owned
+        assert lease.extensions >= 2
+        assert not await Mutex(other, "job", blocking=False).acquire()
+    assert await Mutex(other, "job", blocking=False).acquire()
+
+
+async def test_a_server_down_longer_than_the_ttl_loses_the_lease(
+    backend: PostgresBackend, postgres_server: PostgresServer
+) -> None:
+    lost = False
+    try:
+        async with Mutex(backend, "job", ttl=0.5):
+            postgres_server.stop()
+            try:
+                await asyncio.sleep(3)
+            except asyncio.CancelledError:
+                lost = True
+                raise
+    except Exception as exc:
+        assert type(exc).__name__ in ("LockLost", "LockBackendError")
+    finally:
+        postgres_server.start()
+    assert lost
+
+
+async def test_an_acquire_while_the_server_is_down_raises_lock_backend_error(
+    backend: PostgresBackend, postgres_server: PostgresServer
+) -> None:
+    postgres_server.stop()
+    try:
+        with pytest.raises(LockBackendError):
+            await Mutex(backend, "job", ttl=5.0, blocking=False).acquire()
+    finally:
+        postgres_server.start()
+    assert await Mutex(backend, "job", ttl=5.0).acquire(timeout=5.0)
+
+
+async def test_waiters_recheck_when_the_listening_connection_is_lost(
+    backend: PostgresBackend, other: PostgresBackend, postgres_url: str
+) -> None:
+    holder = Mutex(backend, "job", ttl=5.0)
+    assert await holder.acquire()
+    waiting = asyncio.create_task(Mutex(other, "job", ttl=5.0, retry=SLOW_POLL).acquire())
+    await asyncio.sleep(0.3)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        # Cut every listening connection: releases meanwhile go unheard.
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    await holder.release()
+    assert await asyncio.wait_for(waiting, 2.0)  # woken by the loss, it re-checked
+
+
+async def test_no_connection_is_held_while_a_lock_is_held(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    backend = await PostgresBackend.connect(postgres_url, max_connections=1)
+    try:
+        # One pooled connection: a lock holding it would starve every other call.
+        async with Mutex(backend, "a", ttl=5.0), Mutex(backend, "b", ttl=5.0):
+            async with Semaphore(backend, "s", limit=2, ttl=5.0):
+                assert await Mutex(backend, "a").locked()
+            admin = await asyncpg.connect(postgres_url)
+            try:
+                in_transaction = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+                )
+            finally:
+                await admin.close()
+            assert in_transaction == 0
+    finally:
+        await backend.aclose()
+
+
+async def test_replicas_starting_together_install_the_schema_once(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    backends = await asyncio.gather(*(PostgresBackend.connect(postgres_url) for _ in range(4)))
+    try:
+        async with Mutex(backends[0], "job", ttl=5.0):
+            assert not await Mutex(backends[3], "job", blocking=False).acquire()
+    finally:
+        for backend in backends:
+            await backend.aclose()
+
+
+async def test_names_postgres_cannot_store_are_refused_before_anything_is_sent(
+    backend: PostgresBackend,
+) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        Mutex(backend, "a\x00b")
+
+
+async def test_connect_to_a_postgres_url(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    async with await connect(postgres_url) as backend:
+        assert isinstance(backend, PostgresBackend)
+        assert backend.kind == "postgresql"
+        async with Mutex(backend, "job", ttl=5.0) as lease:
+            assert lease.fencing_token > 0
+
+
+async def test_an_unreachable_postgres_fails_or_falls_back_at_connect_time(
+    postgres_server: PostgresServer,
+) -> None:
+    url = f"postgresql://postgres:secret@127.0.0.1:{postgres_server.port + 1}/postgres"
+    with pytest.raises(LockBackendError, match="connect") as caught:
+        await connect(url, timeout=2.0)
+    assert "secret" not in str(caught.value)
+    backend = await connect(url, fallback="memory", timeout=2.0)
+    assert isinstance(backend, MemoryBackend)
+    assert backend.fell_back_from == url.replace("secret", "***")
