@@ -1,11 +1,15 @@
 """``python -m asynclock demo``: worker processes contending for a few named locks.
 
 Each worker process runs several coroutines; each coroutine repeatedly picks a lock
-name at random, enters ``Mutex(client, name)``, does a few milliseconds of "work"
+name at random, enters ``Mutex(backend, name)``, does a few milliseconds of "work"
 and records when its section started and ended (on ``time.monotonic()``, one clock
 for every process of the machine) with its fencing token. One section per run
 outlives the TTL on purpose, to show auto-extend keeping it. At the end the parent
 checks every lock's sections for overlaps and fencing tokens for order.
+
+The store is any URL ``connect`` takes. On ``memory://`` nothing is shared between
+processes, so the workers run as groups of coroutines in this one process instead
+(and the demo says so).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import os
 import queue
 import random
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import redis.asyncio as redis
-
+from ._backend import Backend
+from ._connect import connect, redacted
 from ._mutex import Mutex
 from ._server import RedisServer
 
@@ -63,9 +68,9 @@ def lock_names(count: int) -> list[str]:
 
 
 async def _run_worker(
-    worker: int, settings: DemoSettings, progress: Any
+    worker: int, settings: DemoSettings, progress: Any, shared: Backend | None = None
 ) -> tuple[list[Section], int]:
-    client = redis.Redis.from_url(settings.url)
+    client = shared or await connect(settings.url)
     names = lock_names(settings.locks)
     sections: list[Section] = []
     skipped: list[int] = []
@@ -108,7 +113,8 @@ async def _run_worker(
         await asyncio.gather(*(contend(task) for task in range(settings.tasks)))
     finally:
         reporter.cancel()
-        await client.aclose()
+        if shared is None:
+            await client.aclose()
     return sections, len(skipped)
 
 
@@ -183,16 +189,39 @@ def summary(sections: list[Section], skips: int, settings: DemoSettings) -> tupl
     return "\n".join(lines), overlaps == 0 and ordered and bool(sections)
 
 
+def _in_this_process(settings: DemoSettings, progress: Any) -> None:
+    """Every worker as a group of coroutines of this process, on one memory backend."""
+
+    async def run_all() -> None:
+        async with await connect(settings.url) as backend:
+            results = await asyncio.gather(
+                *(_run_worker(w, settings, progress, backend) for w in range(settings.workers)),
+                return_exceptions=True,
+            )
+        for worker, result in enumerate(results):
+            if isinstance(result, BaseException):
+                progress.put(("failed", worker, repr(result)))
+            else:
+                progress.put(("done", worker, result))
+
+    asyncio.run(run_all())
+
+
 def run_demo(settings: DemoSettings, out: TextIO = sys.stdout) -> bool:
     """Run the workers, show progress, print the summary; return whether it was correct."""
     context = multiprocessing.get_context("spawn")
     progress = context.Queue()
-    processes = [
-        context.Process(target=_worker_process, args=(worker, settings, progress), daemon=True)
-        for worker in range(settings.workers)
-    ]
-    for process in processes:
-        process.start()
+    processes = []
+    if settings.url.startswith("memory:"):
+        thread = threading.Thread(target=_in_this_process, args=(settings, progress), daemon=True)
+        thread.start()
+    else:
+        processes = [
+            context.Process(target=_worker_process, args=(worker, settings, progress), daemon=True)
+            for worker in range(settings.workers)
+        ]
+        for process in processes:
+            process.start()
     counts = [0] * settings.workers
     results: dict[int, tuple[list[Section], int]] = {}
     failures: list[str] = []
@@ -246,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m asynclock demo",
         description="Worker processes contending for a few named locks; overlaps must be 0.",
     )
-    parser.add_argument("--url", help="a running Redis server (default: start a private one)")
+    parser.add_argument(
+        "--url",
+        help="the store: redis://..., postgresql://... or memory:// (workers then run in"
+        " this one process: memory excludes nothing across processes); default: start"
+        " a private Redis-compatible server",
+    )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--tasks", type=int, default=4, help="coroutines per worker (default 4)")
     parser.add_argument("--locks", type=int, default=3, help="lock names (default 3)")
@@ -265,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"started {os.path.basename(server.binary)} on 127.0.0.1:{server.port}")
             url = server.url
         settings = DemoSettings(url, args.workers, args.tasks, args.locks, args.seconds, args.ttl)
-        print(f"{settings.workers} workers x {settings.tasks} coroutines contending for "
-              f"{settings.locks} locks for {settings.seconds:g} s")  # fmt: skip
+        where = "in this one process" if url.startswith("memory:") else "processes"
+        print(f"{settings.workers} workers ({where}) x {settings.tasks} coroutines "
+              f"contending for {settings.locks} locks for {settings.seconds:g} s"
+              f" on {redacted(url)}")  # fmt: skip
+        if url.startswith("memory:"):
+            print("memory:// keeps locks inside one process: they exclude nothing across"
+                  " processes, so the workers run here as groups of coroutines")  # fmt: skip
         return 0 if run_demo(settings) else 1
     return 1  # pragma: no cover  (ExitStack does not swallow exceptions)

@@ -12,9 +12,10 @@ from asynclock._demo import Section, fences_in_order, find_overlaps
 pytestmark = pytest.mark.slow
 
 
-def test_the_demo_runs_workers_and_finds_no_overlap(redis_url: str) -> None:
+def run_demo(url: str) -> str:
+    """Run the demo on ``url`` as users do; return what it printed (it must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-m", "asynclock", "demo", "--url", redis_url, "--workers", "2",
+        [sys.executable, "-m", "asynclock", "demo", "--url", url, "--workers", "2",
          "--tasks", "3", "--seconds", "1.5", "--ttl", "0.5"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -22,6 +23,22 @@ def test_the_demo_runs_workers_and_finds_no_overlap(redis_url: str) -> None:
     assert "overlaps: 0" in result.stdout
     assert "sections" in result.stdout  # progress was shown
     assert "wait p99" in result.stdout
+    assert "demo:nightly-report: run 1 time(s)" in result.stdout
+    return result.stdout
+
+
+def test_the_demo_runs_workers_and_finds_no_overlap(redis_url: str) -> None:
+    assert "workers (processes)" in run_demo(redis_url)
+
+
+def test_the_demo_on_postgres(postgres_url: str) -> None:
+    assert "workers (processes)" in run_demo(postgres_url)
+
+
+def test_the_demo_in_memory_says_its_workers_share_one_process() -> None:
+    out = run_demo("memory://")
+    assert "workers (in this one process)" in out
+    assert "exclude nothing across processes" in out
 
 
 def test_the_demo_checker_sees_overlaps_and_disorder() -> None:
