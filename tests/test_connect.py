@@ -84,7 +84,7 @@ async def test_a_reachable_store_is_used_even_with_a_fallback(redis_url: str) ->
 @pytest.mark.parametrize(
     ("url", "options", "error", "match"),
     [
-        ("postgres://x", {}, ValueError, "scheme must be one of"),
+        ("mysql://x", {}, ValueError, "scheme must be one of"),
         ("localhost:6379", {}, ValueError, "scheme must be one of"),
         ("memory://x", {}, ValueError, "nothing after it"),
         (b"redis://", {}, TypeError, "must be a str"),

@@ -1,4 +1,5 @@
-"""Every Python example in README.md runs against the test server."""
+"""Every Python example in README.md runs: those that take their store from
+``LOCKS_URL`` on Redis, on PostgreSQL and in memory; the others on Redis."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ def test_the_readme_has_examples() -> None:
     assert len(EXAMPLES) >= 5
 
 
-def run_example(source: str, redis_url: str) -> str:
-    """Run a README example in its own process against ``redis_url``; return its output."""
+def run_example(source: str, redis_url: str, locks_url: str | None = None) -> str:
+    """Run a README example in its own process; return its output."""
     result = subprocess.run(
         [sys.executable, "-c", source],
-        env={**os.environ, "REDIS_URL": redis_url},
+        env={**os.environ, "REDIS_URL": redis_url, "LOCKS_URL": locks_url or redis_url},
         capture_output=True,
         text=True,
         timeout=60,
@@ -34,3 +35,22 @@ def run_example(source: str, redis_url: str) -> str:
 @pytest.mark.parametrize("source", EXAMPLES, ids=[f"example-{n}" for n in range(len(EXAMPLES))])
 def test_readme_example_runs(source: str, redis_url: str, client: object) -> None:
     assert run_example(source, redis_url).strip()
+
+
+ON_ANY_STORE = [n for n, source in enumerate(EXAMPLES) if "LOCKS_URL" in source]
+
+
+def test_most_examples_run_on_any_store() -> None:
+    assert len(ON_ANY_STORE) >= 10
+
+
+@pytest.mark.parametrize("store", ["memory", "postgres"])
+@pytest.mark.parametrize("number", ON_ANY_STORE, ids=[f"example-{n}" for n in ON_ANY_STORE])
+def test_readme_example_runs_on_other_stores(
+    number: int, store: str, redis_url: str, request: pytest.FixtureRequest
+) -> None:
+    if store == "memory":
+        locks_url = "memory://"
+    else:
+        locks_url = request.getfixturevalue("postgres_url")
+    assert run_example(EXAMPLES[number], redis_url, locks_url).strip()
