@@ -12,7 +12,9 @@
    the callers have the value after the job's end (``benchmarks.flight``).
 6. A ``ReadWriteLock`` against a ``Mutex`` doing the same work, read-heavy and
    write-heavy (``benchmarks.rwlock``).
-7. The targets, checked against this run's figures.
+7. A ``Mutex`` on every store: Redis, PostgreSQL (a private server) and memory,
+   uncontended and with 64 waiters (``benchmarks.stores``).
+8. The targets, checked against this run's figures.
 
 Progress goes to stderr while it runs. The report is printed, and written as
 ``<date>-report.md`` with a plot, ``<date>-report.png``, into ``--out`` (default
@@ -37,7 +39,7 @@ from redis.exceptions import RedisError
 
 from asynclock._server import LocalCluster, RedisServer
 
-from . import contention, election, flight, replicas, rwlock, uncontended
+from . import contention, election, flight, replicas, rwlock, stores, uncontended
 from ._kinds import BenchmarkError
 from .report import Results, draw, markdown
 
@@ -134,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = dataclasses.replace(results, election=election.run(url))
             results = dataclasses.replace(results, flight=flight.run(url))
             results = dataclasses.replace(results, rwlock=rwlock.run(url))
+            results = dataclasses.replace(results, stores=stores.run(url))
     except (BenchmarkError, TimeoutError, RedisError, OSError) as exc:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .contention import OURS, SCENARIOS, Row
 from .contention import table as contention_table
+from .stores import table as stores_table
 from .uncontended import Report
 from .uncontended import format_markdown as uncontended_markdown
 
@@ -43,6 +44,8 @@ class Results:
         from the job's end to the callers' values (empty if not run)
     :ivar rwlock: sections per second of a ``ReadWriteLock`` and of a ``Mutex`` doing
         the same work, by mix (empty if not run)
+    :ivar stores: a ``Mutex`` on each store: uncontended pairs/s, sections/s and p99
+        wait (ms) of 64 coroutines on one name (empty if not run)
     """
 
     uncontended: Report | None
@@ -53,6 +56,7 @@ class Results:
     election: dict[str, float] = field(default_factory=dict)
     flight: dict[str, float] = field(default_factory=dict)
     rwlock: dict[str, float] = field(default_factory=dict)
+    stores: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 def _rows_of(results: Results, scenario_key: str) -> tuple[Row | None, list[Row]]:
@@ -288,6 +292,17 @@ def markdown(results: Results, command: str, plot: str | None) -> str:
             "| mix, lock | sections/s |",
             "|:---|---:|",
             *(f"| {label} | {value:.0f} |" for label, value in results.rwlock.items()),
+            "",
+        ]
+    if results.stores:
+        lines += [
+            "## Stores",
+            "",
+            "A `Mutex` on each store, the PostgreSQL server a private one on 127.0.0.1",
+            "(`benchmarks.stores`). Memory does no I/O: its figures are the library's own",
+            "overhead, the floor under every store.",
+            "",
+            stores_table(results.stores),
             "",
         ]
     lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]

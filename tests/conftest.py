@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from asynclock._pgserver import PostgresServer
 from asynclock._server import RedisServer
-
-from .postgres_server import PostgresServer
 
 if os.environ.get("ASYNCLOCK_TEST_LOOP") == "uvloop":  # make test runs the suite on both
 

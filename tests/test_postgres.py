@@ -25,10 +25,10 @@ from asynclock import (
     Semaphore,
     connect,
 )
+from asynclock._pgserver import PostgresServer
 from asynclock.postgres import PostgresBackend
 
 from .conftest import empty_postgres
-from .postgres_server import PostgresServer
 from .test_processes import assert_each_name_held_alone, most_at_once, overlaps, run_contenders
 
 # Polling alone would take 5 s: a waiter back within a second was woken by NOTIFY.

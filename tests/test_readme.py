@@ -49,8 +49,5 @@ def test_most_examples_run_on_any_store() -> None:
 def test_readme_example_runs_on_other_stores(
     number: int, store: str, redis_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if store == "memory":
-        locks_url = "memory://"
-    else:
-        locks_url = request.getfixturevalue("postgres_url")
+    locks_url = "memory://" if store == "memory" else request.getfixturevalue("postgres_url")
     assert run_example(EXAMPLES[number], redis_url, locks_url).strip()

