@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ from asynclock import (
 from asynclock.postgres import PostgresBackend
 
 from .conftest import cancel_at_random_turns, empty_postgres
+from .test_processes import overlaps, run_contenders
 
 BACKENDS = ["redis", "postgres", "memory"]
 
@@ -371,6 +373,22 @@ async def test_an_election_has_one_leader_and_watchers_see_changes(store: Any) -
     assert "one" in seen
     assert "two" in seen
     assert seen[-1] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_processes_exclude_each_other(
+    backend: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "memory":
+        pytest.skip("memory keeps locks inside one process: it excludes nothing across them")
+    url = redis_url
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        asyncio.run(empty_postgres(url))
+    records = run_contenders(url, tmp_path, "across", [3, 8])
+    assert len(records) == 3 * 3 * 8
+    assert overlaps(records) == []
 
 
 def test_every_backend_here_is_a_backend() -> None:
