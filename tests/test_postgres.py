@@ -26,7 +26,7 @@ from asynclock import (
     connect,
 )
 from asynclock._pgserver import PostgresServer
-from asynclock.postgres import PostgresBackend
+from asynclock.postgres import CHANNEL, PostgresBackend
 
 from .conftest import empty_postgres
 from .test_processes import assert_each_name_held_alone, most_at_once, overlaps, run_contenders
@@ -152,6 +152,22 @@ async def test_waiters_recheck_when_the_listening_connection_is_lost(
         await admin.close()
     await holder.release()
     assert await asyncio.wait_for(waiting, 2.0)  # woken by the loss, it re-checked
+
+
+async def test_a_lost_notification_costs_a_recheck_not_a_hang(
+    backend: PostgresBackend, other: PostgresBackend
+) -> None:
+    holder = Mutex(backend, "job", ttl=5.0)
+    assert await holder.acquire()
+    waiting = asyncio.create_task(Mutex(other, "job", ttl=5.0).acquire())
+    await asyncio.sleep(0.3)  # the waiter tried, and listens
+    listener = other.notifications()._connection
+    assert listener is not None
+    await listener.execute(f"UNLISTEN {CHANNEL}")  # the release's NOTIFY goes unheard
+    released = time.monotonic()
+    await holder.release()
+    assert await asyncio.wait_for(waiting, 3.0)  # the waiter's fallback re-check
+    assert time.monotonic() - released < 1.5
 
 
 async def test_no_connection_is_held_while_a_lock_is_held(postgres_url: str) -> None:
