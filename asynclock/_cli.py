@@ -33,6 +33,7 @@ from redis.exceptions import (
 )
 
 from ._admin import LockState, force_release, glob_escape, inspect_lock, inspect_locks, name_of
+from ._connect import redacted
 from ._names import DEFAULT_PREFIX
 from ._validate import check_name, check_prefix
 
@@ -57,17 +58,13 @@ class CommandError(Exception):
         self.status = status
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def connect(url: str) -> Any:
     """A client of ``url``: a cluster client when the server is in cluster mode."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("memory", "postgresql", "postgres"):
+        raise CommandError(
+            f"bad --url {redacted(url)!r}: the command line works on Redis only", USAGE
+        )
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     except ValueError as exc:

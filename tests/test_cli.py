@@ -280,6 +280,11 @@ async def test_errors_are_one_line_with_a_status_scripts_can_use(
     assert "prefix must not contain" in err
     status, _, err = await cli(redis_url, "nonsense")
     assert status == 2
+    for other_store in ("memory://", "postgresql://user:secret@127.0.0.1/db"):
+        status, _, err = await cli(other_store, "inspect")
+        assert status == 2
+        assert "the command line works on Redis only" in err
+        assert "secret" not in err
 
 
 @pytest.mark.parametrize("command", [[], ["inspect"], ["release"], ["watch"], ["demo"], ["bench"]])
