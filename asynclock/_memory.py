@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -119,8 +118,8 @@ class MemoryBackend(Backend):
     code that takes locks: ``Mutex(MemoryBackend(), "jobs:report")``. Share one
     backend between everything that must exclude each other; two backends, like two
     processes, exclude nothing. It serves one event loop at a time, as asyncio's
-    own locks do (not threads). Fencing tokens come from one counter per backend:
-    strictly increasing per name for the backend's life.
+    own locks do (not threads). Fencing tokens come from one counter per backend,
+    never below the clock in microseconds: strictly increasing per name.
     """
 
     kind = "memory"
@@ -132,7 +131,6 @@ class MemoryBackend(Backend):
         self._rwlocks: dict[str, _ReadWrite] = {}
         self._landed: dict[str, _Landed] = {}
         self._announced: dict[str, tuple[str, str]] = {}  # leader key -> (token, text)
-        self._fences = itertools.count(1)
         self._last_fence = 0
         self._released: dict[str, float] = {}  # token -> when, oldest first
         self._writes = 0
@@ -171,8 +169,10 @@ class MemoryBackend(Backend):
     # -- shared by the resources -----------------------------------------------------
 
     def fence(self) -> int:
-        """The next fencing token."""
-        self._last_fence = next(self._fences)
+        """The next fencing token: one more than the last, and never below the clock
+        in microseconds (as on Redis), so tokens keep increasing when a new backend
+        (a restart, a fallback from Redis) takes over a name."""
+        self._last_fence = max(self._last_fence + 1, time.time_ns() // 1000)
         return self._last_fence
 
     def last_fence(self) -> int:

@@ -19,9 +19,18 @@
 
 CREATE SCHEMA IF NOT EXISTS asynclock;
 
--- Fencing tokens: one sequence for every name, so strictly increasing per name (and
--- across names). A sequence never goes back, whatever rolls back.
-CREATE SEQUENCE IF NOT EXISTS asynclock.fence;
+-- Fencing tokens, per name (as next_fence in scripts/common.lua): one more than the
+-- name's last, and never below the database clock in microseconds. So they keep
+-- increasing where the counter went back (a restore from an older backup, a failover
+-- to a replica that had not received the latest), and a name whose row was dropped
+-- after a day unused starts again from the clock, which has moved on by a day. The
+-- same floor as on Redis: tokens of one name stay increasing when a service moves
+-- between stores whose clocks agree.
+CREATE TABLE IF NOT EXISTS asynclock.fences (
+  key text PRIMARY KEY,
+  last bigint NOT NULL,
+  used_at timestamptz NOT NULL
+);
 -- Arrival order in the lines of read-write locks.
 CREATE SEQUENCE IF NOT EXISTS asynclock.arrival;
 
@@ -89,6 +98,17 @@ CREATE TABLE IF NOT EXISTS asynclock.leaders (
   announcement text NOT NULL
 );
 
+-- The next fencing token of `k`. Callers hold the lock of `k` first (its lease row, or
+-- the transaction lock of its semaphore or read-write lock), so that no two
+-- transactions wait on each other's fence rows.
+CREATE OR REPLACE FUNCTION asynclock.next_fence(k text) RETURNS bigint
+LANGUAGE sql AS $$
+  INSERT INTO asynclock.fences AS f (key, last, used_at)
+  VALUES (k, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, now())
+  ON CONFLICT (key) DO UPDATE SET last = greatest(excluded.last, f.last + 1), used_at = now()
+  RETURNING last
+$$;
+
 -- Wake the waiters of `channel`.
 CREATE OR REPLACE FUNCTION asynclock.wake(channel text) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_notify('asynclock', md5(channel)) $$;
@@ -114,6 +134,7 @@ BEGIN
     DELETE FROM asynclock.rw_holders WHERE expires_at < now() - interval '1 minute';
     DELETE FROM asynclock.rw_line WHERE lapse < now() - interval '1 minute';
     DELETE FROM asynclock.outcomes WHERE expires_at < now();
+    DELETE FROM asynclock.fences WHERE used_at < now() - interval '1 day';
   END IF;
   INSERT INTO asynclock.released (token, at) VALUES (tok, now())
     ON CONFLICT (token) DO NOTHING;
@@ -128,6 +149,7 @@ END $$;
 CREATE OR REPLACE FUNCTION asynclock.acquire(keys text[], tok text, ttl_ms bigint)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
+  taken integer;
   fences bigint[];
   wait bigint;
 BEGIN
@@ -135,18 +157,19 @@ BEGIN
     RETURN ARRAY[0, -1];
   END IF;
   BEGIN
-    WITH taken AS (
+    -- Fence 0 marks a key taken now; a key that already held `tok` keeps its fence.
+    WITH rows AS (
       INSERT INTO asynclock.leases AS l (key, token, fence, expires_at)
-      SELECT k, tok, nextval('asynclock.fence'), now() + ttl_ms * interval '1 ms'
+      SELECT k, tok, 0, now() + ttl_ms * interval '1 ms'
       FROM unnest(keys) AS k ORDER BY k
       ON CONFLICT (key) DO UPDATE
         SET token = excluded.token, expires_at = excluded.expires_at,
-            fence = CASE WHEN l.token = excluded.token THEN l.fence ELSE excluded.fence END
+            fence = CASE WHEN l.token = excluded.token THEN l.fence ELSE 0 END
         WHERE l.token = excluded.token OR l.expires_at <= now()
-      RETURNING l.key, l.fence
+      RETURNING 1
     )
-    SELECT array_agg(fence ORDER BY array_position(keys, key)) INTO fences FROM taken;
-    IF coalesce(cardinality(fences), 0) < cardinality(keys) THEN
+    SELECT count(*) INTO taken FROM rows;
+    IF taken < cardinality(keys) THEN
       RAISE EXCEPTION USING ERRCODE = 'AL001';  -- undoes the keys taken
     END IF;
   EXCEPTION WHEN SQLSTATE 'AL001' THEN
@@ -154,6 +177,11 @@ BEGIN
       WHERE key = ANY (keys) AND token <> tok AND expires_at > now();
     RETURN ARRAY[0, wait];
   END;
+  -- Every key's row is ours now (locked until commit): their fences next.
+  UPDATE asynclock.leases SET fence = asynclock.next_fence(key)
+    WHERE key = ANY (keys) AND fence = 0;
+  SELECT array_agg(fence ORDER BY array_position(keys, key)) INTO fences
+    FROM asynclock.leases WHERE key = ANY (keys);
   RETURN 1 || fences;
 END $$;
 
@@ -218,7 +246,7 @@ BEGIN
   END IF;
   WITH given AS (
     UPDATE asynclock.leases
-    SET token = successor, fence = nextval('asynclock.fence'),
+    SET token = successor, fence = asynclock.next_fence(key),
         expires_at = now() + ttl_ms * interval '1 ms'
     WHERE key = ANY (keys) AND token = tok
     RETURNING key, fence
@@ -259,7 +287,7 @@ BEGIN
     RETURN ARRAY[0, (SELECT asynclock.ms_until(min(expires_at))
                      FROM asynclock.permits WHERE key = sem)];
   END IF;
-  f := nextval('asynclock.fence');
+  f := asynclock.next_fence(sem);
   INSERT INTO asynclock.permits (key, token, permits, lim, fence, expires_at)
     VALUES (sem, tok, wanted, lim, f, now() + ttl_ms * interval '1 ms');
   RETURN ARRAY[1, f];
@@ -347,7 +375,7 @@ BEGIN
       RETURN ARRAY[0, wait];
     END IF;
     IF side = 'w' THEN
-      f := nextval('asynclock.fence');
+      f := asynclock.next_fence(rw);
       INSERT INTO asynclock.rw_fences (key, last) VALUES (rw, f)
         ON CONFLICT (key) DO UPDATE SET last = excluded.last;
     ELSE
@@ -416,8 +444,7 @@ $$;
 -- A single flight (scripts/look.lua's rule): what a caller finds. `floor` is NULL on
 -- arrival. Returns (kind, floor, ms, outcome): kind 2 with an outcome to take, 1 while
 -- a leader holds the lease (ms 0: it landed and is releasing), 0 when nobody does.
--- The fence counter is shared by every name, so the next lease's fence is more than
--- the sequence's last value.
+-- The counter is the name's last fencing token (next_fence).
 CREATE OR REPLACE FUNCTION asynclock.look(owner text, landing text, floor bigint)
 RETURNS TABLE (kind integer, lowest bigint, ms bigint, outcome bytea)
 LANGUAGE plpgsql AS $$
@@ -429,7 +456,7 @@ BEGIN
   SELECT * INTO lease FROM asynclock.leases WHERE key = owner AND expires_at > now();
   SELECT * INTO landed FROM asynclock.outcomes AS o
     WHERE o.key = landing AND o.expires_at > now();
-  SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO counter FROM asynclock.fence;
+  counter := coalesce((SELECT last FROM asynclock.fences AS f WHERE f.key = owner), 0);
   lowest := floor;
   IF lowest IS NULL THEN
     lowest := counter + 1;
