@@ -24,7 +24,7 @@ from ._backend import Backend
 from ._errors import LockBackendError
 from ._memory import MemoryBackend
 from ._redis import RedisBackend
-from ._resource import BACKEND_ERRORS
+from ._resource import BACKEND_ERRORS, is_transient
 
 _log = logging.getLogger("asynclock")
 
@@ -68,16 +68,18 @@ async def connect(
 
     :param url: where the locks live
     :param fallback: ``"memory"`` to use in-process locks when the store cannot be
-        reached now (they exclude nothing across processes: a WARNING and a
-        ``backend_fallback`` event say so); ``None`` (the default) to fail instead
+        reached now: no connection, or no answer within ``timeout`` (they exclude
+        nothing across processes: a WARNING and a ``backend_fallback`` event say so);
+        a store that answers with an error (a wrong password, a missing database or
+        permission) still raises. ``None`` (the default) to fail instead
     :param timeout: how long to wait for the store's first answer, in seconds
     :param options: passed to the redis-py client (``socket_timeout=``, ``password=``)
     :returns: the backend, to pass wherever a primitive takes a client; close it with
         ``await backend.aclose()`` or ``async with``
     :raises ValueError: an unknown scheme, a malformed URL, a bad ``fallback`` or
         ``timeout`` (before anything is sent)
-    :raises LockBackendError: the store did not answer within ``timeout``, and there
-        is no fallback
+    :raises LockBackendError: the store did not answer within ``timeout`` and there
+        is no fallback, or it answered with an error
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
@@ -100,13 +102,25 @@ async def connect(
         await within(_first_answer(client), timeout)
     except (TimeoutError, *BACKEND_ERRORS) as exc:
         await client.aclose()
-        if fallback is None:
-            raise LockBackendError(redacted(url), "connect", exc, what="store") from exc
-        return _fall_back(url, exc)
+        unreachable = isinstance(exc, TimeoutError) or is_transient(exc)
+        return _unanswered(url, exc, timeout, fallback, unreachable=unreachable)
     except BaseException:
         await client.aclose()
         raise
     return RedisBackend(client, owns_client=True)
+
+
+def _unanswered(
+    url: str, error: BaseException, timeout: float, fallback: str | None, *, unreachable: bool
+) -> Backend:
+    """The fallback for a store that could not be reached; the error for any other
+    failure (a refused password, a missing database or permission: a deployment's
+    mistake, which memory must not hide)."""
+    if isinstance(error, TimeoutError):
+        error = TimeoutError(f"no answer within {timeout:g} s")
+    if fallback is None or not unreachable:
+        raise LockBackendError(redacted(url), "connect", error, what="store") from error
+    return _fall_back(url, error)
 
 
 async def _postgres(
@@ -121,9 +135,14 @@ async def _postgres(
     try:
         return await within(PostgresBackend.connect(url, timeout=timeout, **options), timeout)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        if fallback is None:
-            raise LockBackendError(redacted(url), "connect", exc, what="store") from exc
-        return _fall_back(url, exc)
+        # Unreachable: no connection (a socket error, a timeout), or a server that is
+        # not accepting connections yet (SQLSTATE class 08, 57P03: starting up).
+        state = getattr(exc, "sqlstate", None) or ""
+        unreachable = isinstance(exc, (TimeoutError, OSError)) or state[:2] == "08"
+        unreachable = unreachable or state == "57P03"
+        return _unanswered(url, exc, timeout, fallback, unreachable=unreachable)
+    except ValueError as exc:  # asyncpg's reading of the URL
+        raise ValueError(f"cannot connect to {redacted(url)!r}: {exc}") from None
 
 
 async def _first_answer(client: Any) -> None:

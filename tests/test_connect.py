@@ -76,6 +76,27 @@ async def test_the_memory_fallback_is_loud_and_visible(caplog: pytest.LogCapture
     assert "secret" not in record.getMessage()
 
 
+async def test_a_store_that_answers_with_an_error_is_never_replaced_by_memory(
+    redis_url: str,
+) -> None:
+    # A wrong password is a deployment's mistake: falling back would hide it, and
+    # leave every replica with locks that exclude nothing.
+    wrong = redis_url.replace("redis://", "redis://someone:wrong@")
+    with pytest.raises(LockBackendError, match="connect"):
+        await connect(wrong, fallback="memory", timeout=2.0)
+
+
+async def test_a_store_that_never_answers_times_out_with_a_clear_message() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        with pytest.raises(LockBackendError, match=r"no answer within 0\.5 s"):
+            await connect(url, timeout=0.5)
+        backend = await connect(url, fallback="memory", timeout=0.5)
+        assert isinstance(backend, MemoryBackend)
+
+
 async def test_a_reachable_store_is_used_even_with_a_fallback(redis_url: str) -> None:
     async with await connect(redis_url, fallback="memory") as backend:
         assert isinstance(backend, RedisBackend)

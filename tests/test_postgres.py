@@ -217,6 +217,17 @@ async def test_connect_to_a_postgres_url(postgres_url: str) -> None:
             assert lease.fencing_token > 0
 
 
+async def test_a_missing_database_is_an_error_even_with_a_fallback(postgres_url: str) -> None:
+    missing = postgres_url.rsplit("/", 1)[0] + "/no_such_database"
+    with pytest.raises(LockBackendError, match="no_such_database"):
+        await connect(missing, fallback="memory", timeout=5.0)
+
+
+async def test_a_malformed_postgres_url_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="cannot connect to"):
+        await connect("postgresql://user@host:notaport/db")
+
+
 async def test_an_unreachable_postgres_fails_or_falls_back_at_connect_time(
     postgres_server: PostgresServer,
 ) -> None:
