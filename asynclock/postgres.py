@@ -153,7 +153,7 @@ class PostgresBackend(Backend):
     def __init__(self, pool: Any, dsn: str, options: dict[str, Any]) -> None:
         #: The asyncpg pool every call borrows a connection from, for that call only.
         self.pool = pool
-        #: Where the listening connection connects.
+        #: Where the listening connection connects (a session: ``LISTEN`` needs one).
         self.dsn = dsn
         #: The connection options given to :meth:`connect`.
         self.options = options
@@ -164,23 +164,42 @@ class PostgresBackend(Backend):
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, max_connections: int = 10, **options: Any
+        cls,
+        dsn: str,
+        *,
+        max_connections: int = 10,
+        install_schema: bool = True,
+        listen_dsn: str | None = None,
+        **options: Any,
     ) -> PostgresBackend:
         """Open a pool to ``dsn`` and install the schema ``asynclock`` if needed.
 
         :param dsn: a ``postgresql://`` URL, as asyncpg reads it
         :param max_connections: the pool's size (each call borrows one briefly)
+        :param install_schema: create or update the schema's tables and functions now
+            (``sql/schema.sql``, idempotent; it needs the CREATE privilege on the
+            database). ``False`` when a migration, run once by an administrator,
+            installed it: the role then needs only USAGE on the schema, EXECUTE on
+            its functions and SELECT, INSERT, UPDATE, DELETE on its tables
+        :param listen_dsn: where the connection that listens for releases goes, if
+            not ``dsn``: ``LISTEN`` needs a session of its own, which a pooler in
+            transaction mode (PgBouncer) does not keep, so point it at PostgreSQL
+            itself (or a session-mode pool)
         :param options: passed to ``asyncpg.create_pool`` and ``asyncpg.connect``
+            (``statement_cache_size=0`` behind a pooler without prepared statements)
         """
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_connections, **options)
         try:
-            async with pool.acquire() as connection, connection.transaction():
-                await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-                await connection.execute(_schema())
+            if install_schema:
+                async with pool.acquire() as connection, connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                    await connection.execute(_schema())
+            else:  # the schema must be there: fail now, not at the first lock
+                await pool.fetchval("SELECT 'asynclock.acquire'::regproc")
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, dsn, options)
+        return cls(pool, listen_dsn or dsn, options)
 
     def _checked(self, *keys: str) -> None:
         # Text in PostgreSQL cannot hold NUL: refused before anything is sent.

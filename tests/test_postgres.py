@@ -201,6 +201,47 @@ async def test_replicas_starting_together_install_the_schema_once(postgres_url: 
             await backend.aclose()
 
 
+async def test_a_role_with_least_privileges_uses_a_schema_installed_once(
+    postgres_url: str, backend: PostgresBackend
+) -> None:
+    # `backend` installed the schema, as an administrator's migration would.
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("DROP ROLE IF EXISTS locker")
+        await admin.execute("CREATE ROLE locker LOGIN")
+        await admin.execute("REVOKE CREATE ON DATABASE postgres FROM PUBLIC")
+        await admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        await admin.execute("GRANT USAGE ON SCHEMA asynclock TO locker")
+        await admin.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA asynclock TO locker")
+        await admin.execute(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA asynclock TO locker"
+        )
+        await admin.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA asynclock TO locker")
+        url = postgres_url.replace("postgres@", "locker@")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await PostgresBackend.connect(url)  # installing needs CREATE
+        limited = await PostgresBackend.connect(url, install_schema=False)
+        try:
+            async with Mutex(limited, "job", ttl=5.0), Semaphore(limited, "s", limit=1):
+                assert not await Mutex(backend, "job", blocking=False).acquire()
+            rw = ReadWriteLock(limited, "rw", ttl=5.0)
+            async with rw.write():
+                assert await rw.writing()
+        finally:
+            await limited.aclose()
+    finally:
+        await admin.execute("GRANT CREATE ON DATABASE postgres TO PUBLIC")
+        await admin.execute("DROP OWNED BY locker")
+        await admin.execute("DROP ROLE locker")
+        await admin.close()
+
+
+async def test_without_installing_a_missing_schema_fails_at_connect(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await PostgresBackend.connect(postgres_url, install_schema=False)
+
+
 async def test_names_postgres_cannot_store_are_refused_before_anything_is_sent(
     backend: PostgresBackend,
 ) -> None:
