@@ -11,7 +11,7 @@ connection is held while a lock is held, and no session state is used (no sessio
 advisory locks), so it works behind PgBouncer in transaction mode.
 
 Waiters are woken by ``LISTEN``/``NOTIFY``: one connection per backend listens on
-the channel ``asynclock``; a release notifies the md5 of its channel. Notifications
+the channel ``asynclock``; a release notifies the SHA-224 of its channel. Notifications
 are at most once (a lost listening connection misses some): waiters keep their
 bounded fallback re-check, and every waiter is woken to re-check when the listening
 connection is lost.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from ._aio import spawn
 from ._backend import Backend
 from ._errors import LimitMismatch
 from ._names import PLACE_MS, base_key, owner_key
@@ -45,28 +47,55 @@ _log = logging.getLogger("asynclock")
 CHANNEL: Final = "asynclock"
 # The transaction lock under which replicas starting together install the schema.
 _SCHEMA_LOCK: Final = 0x6173796E636C6F63  # "asynclock"
-# How long a waiter's subscription waits for the listening connection.
+# How long a waiter's subscription waits for the listening connection; the pauses
+# before listening again after the connection was lost.
 _LISTEN_TIMEOUT: Final = 2.0
+_RELISTEN_PAUSES: Final = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
+# How many calls between sweeps of rows nobody needs any more (``sweep`` in the SQL).
+_SWEEP_EVERY: Final = 1000
+# The longest key accepted (a btree entry holds at most about 2.7 kB).
+_LONGEST_KEY: Final = 2000
 
-# SQLSTATE classes of a database that is going away or not there yet: 08 connection
-# exceptions, 57P01-57P03 shutdowns and startup, 53 insufficient resources (too many
-# connections), 40001/40P01 serialisation failures and deadlocks.
-_TRANSIENT_STATES: Final = ("08", "57P", "53", "40001", "40P01")
+# SQLSTATE classes of a database that is going away, not there yet, or just demoted:
+# 08 connection exceptions, 57P01-57P03 shutdowns and startup, 53 insufficient
+# resources (too many connections), 40001/40P01 serialisation failures and deadlocks,
+# 25006 a read-only transaction (a primary turned standby, as Redis's READONLY).
+_TRANSIENT_STATES: Final = ("08", "57P", "53", "40001", "40P01", "25006")
+
+#: What an asyncpg call may raise: the server's errors, the client's (a closed
+#: connection, a protocol or schema-cache problem), a socket's, a connect timeout.
+DRIVER_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+# A connection that could not be made, timed out or was lost; a stale cache of the
+# schema (after the functions were replaced), which the next call refreshes.
+_TRANSIENT_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 def _failure(error: BaseException) -> BackendFailure:
     """The library's error for an asyncpg (or socket) error, marked transient or not."""
     state = getattr(error, "sqlstate", None) or ""
-    transient = isinstance(
-        error, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
-    ) or state.startswith(_TRANSIENT_STATES)
+    transient = isinstance(error, _TRANSIENT_ERRORS) or state.startswith(_TRANSIENT_STATES)
     failure = BackendFailure(f"{type(error).__name__}: {error}", transient=transient)
     failure.__cause__ = error
     return failure
 
 
 def _digest(channel: str) -> str:
-    return hashlib.md5(channel.encode(), usedforsecurity=False).hexdigest()
+    """A release's NOTIFY payload for ``channel`` (``wake`` in ``sql/schema.sql``)."""
+    return hashlib.sha224(channel.encode()).hexdigest()
 
 
 class PostgresNotifier:
@@ -78,7 +107,7 @@ class PostgresNotifier:
         #: The event loop its listening connection and events belong to.
         self.loop = asyncio.get_running_loop()
         self._backend = backend
-        self._events: dict[str, set[asyncio.Event]] = {}  # by md5 of the channel
+        self._events: dict[str, set[asyncio.Event]] = {}  # by digest of the channel
         self._connection: Any = None
         self._connecting = asyncio.Lock()
 
@@ -90,7 +119,7 @@ class PostgresNotifier:
             self._events.setdefault(_digest(channel), set()).add(event)
         try:
             await asyncio.wait_for(self._listening(), _LISTEN_TIMEOUT)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             _log.debug("listening for releases failed; waiters re-check: %r", exc)
         except BaseException:
             self.unwatch(channels, event)
@@ -112,9 +141,15 @@ class PostgresNotifier:
         async with self._connecting:
             if self._connection is not None and not self._connection.is_closed():
                 return
-            connection = await asyncpg.connect(self._backend.dsn, **self._backend.options)
-            connection.add_termination_listener(self._lost)
-            await connection.add_listener(CHANNEL, self._heard)
+            connection = await asyncpg.connect(
+                self._backend.dsn, **_connect_options(self._backend.options)
+            )
+            try:
+                connection.add_termination_listener(self._lost)
+                await connection.add_listener(CHANNEL, self._heard)
+            except BaseException:  # cancelled or failed: the connection is nobody's
+                connection.terminate()
+                raise
             self._connection = connection
 
     def _heard(self, connection: Any, pid: int, channel: str, payload: str) -> None:
@@ -123,12 +158,34 @@ class PostgresNotifier:
 
     def _lost(self, connection: Any) -> None:
         """The listening connection is gone: every waiter re-checks now (releases in
-        the gap were not heard); the next watch listens again."""
+        the gap were not heard), and listening starts again while anyone waits."""
         if self._connection is connection:
             self._connection = None
         for events in self._events.values():
             for event in events:
                 event.set()
+        if self._events and not self.loop.is_closed():
+            spawn(self._listen_again(), "listening for releases again")
+
+    async def _listen_again(self) -> None:
+        # Bounded: a database down for longer leaves waiters on their re-checks, and
+        # the next watch tries again.
+        for pause in _RELISTEN_PAUSES:
+            await asyncio.sleep(pause)
+            if not self._events:
+                return
+            try:
+                await asyncio.wait_for(self._listening(), _LISTEN_TIMEOUT)
+                return
+            except DRIVER_ERRORS as exc:
+                _log.debug("listening for releases again failed: %r", exc)
+
+    def forget(self) -> None:
+        """Drop the listening connection of a loop that has ended (nothing to await)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.terminate()
 
     async def aclose(self) -> None:
         """Stop listening."""
@@ -158,6 +215,7 @@ class PostgresBackend(Backend):
         #: The connection options given to :meth:`connect`.
         self.options = options
         self._notifier: PostgresNotifier | None = None
+        self._calls = 0
 
     def __repr__(self) -> str:
         return f"<PostgresBackend {self.pool!r}>"
@@ -202,10 +260,16 @@ class PostgresBackend(Backend):
         return cls(pool, listen_dsn or dsn, options)
 
     def _checked(self, *keys: str) -> None:
-        # Text in PostgreSQL cannot hold NUL: refused before anything is sent.
+        # Refused before anything is sent: text in PostgreSQL cannot hold NUL, and a
+        # key past a btree entry's size cannot be indexed.
         for key in keys:
             if "\x00" in key:
                 raise ValueError("a lock name on PostgreSQL cannot contain NUL characters")
+            if len(key.encode()) > _LONGEST_KEY:
+                raise ValueError(
+                    f"a lock name on PostgreSQL must be shorter: its key has more than"
+                    f" {_LONGEST_KEY} bytes"
+                )
 
     def locks(self, prefix: str, names: tuple[str, ...]) -> PostgresLocks:
         """The exclusive locks over ``names``."""
@@ -241,6 +305,8 @@ class PostgresBackend(Backend):
         """The notifier of the running loop's waiters."""
         notifier = self._notifier
         if notifier is None or notifier.loop is not asyncio.get_running_loop():
+            if notifier is not None:
+                notifier.forget()
             notifier = self._notifier = PostgresNotifier(self)
         return notifier
 
@@ -252,17 +318,30 @@ class PostgresBackend(Backend):
 
     async def call(self, query: str, *args: Any) -> Any:
         """Run ``query`` on a connection of the pool; return its first value."""
+        self._count()
         try:
             return await self.pool.fetchval(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _failure(exc) from exc
 
     async def row(self, query: str, *args: Any) -> Any:
         """Run ``query`` on a connection of the pool; return its first row."""
+        self._count()
         try:
             return await self.pool.fetchrow(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DRIVER_ERRORS as exc:
             raise _failure(exc) from exc
+
+    def _count(self) -> None:
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY == 0:
+            spawn(self._sweep(), "sweeping asynclock's tables")
+
+    async def _sweep(self) -> None:
+        try:
+            await self.pool.execute(_SWEEP)
+        except DRIVER_ERRORS as exc:
+            _log.debug("sweeping asynclock's tables failed: %r", exc)
 
 
 def _schema() -> str:
@@ -329,7 +408,14 @@ class PostgresLocks:
         return bool(await self.store.call(_RELEASE, list(self.keys), token))
 
     async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Give every name straight to ``to``, or release."""
+        """Give every name straight to ``to``, or release.
+
+        Without a line across processes, a process cannot tell whether others wait:
+        once its run of hand-overs is over (``to.jump_line`` false), it releases, and
+        every waiting process, its own included, is woken to try.
+        """
+        if not to.jump_line:
+            return HandOver(await self.release(client, token), None)
         reply = await self.store.call(_HAND_OVER, list(self.keys), token, to.token, to.ttl_ms)
         if len(reply) > 1:
             return HandOver(True, tuple(reply[1:]))
@@ -605,3 +691,10 @@ _LAND: Final = "SELECT asynclock.land($1, $2, $3, $4, $5, $6, $7)"
 _WAKE: Final = "SELECT asynclock.wake($1)"
 _ANNOUNCE: Final = "SELECT asynclock.announce($1, $2, $3, $4)"
 _LEADER: Final = "SELECT * FROM asynclock.leader($1)"
+_SWEEP: Final = "SELECT asynclock.sweep()"
+
+
+def _connect_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``asyncpg.connect`` takes, of those given for the pool."""
+    accepted = inspect.signature(asyncpg.connect).parameters
+    return {name: value for name, value in options.items() if name in accepted}

@@ -90,6 +90,68 @@ async def test_a_release_wakes_another_process_waiter_through_notify(
         await waiter.release()
 
 
+async def test_a_busy_process_hands_over_in_runs_and_lets_other_processes_in(
+    backend: PostgresBackend, other: PostgresBackend
+) -> None:
+    stop = asyncio.Event()
+
+    async def busy() -> None:  # contended in its own process, without a pause
+        while not stop.is_set():
+            async with Mutex(backend, "hot", ttl=5.0):
+                await asyncio.sleep(0)
+
+    workers = [asyncio.create_task(busy()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        outsider = Mutex(other, "hot", ttl=5.0)
+        assert await outsider.acquire(timeout=5.0)  # not starved by the hand-overs
+        await outsider.release()
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+
+
+async def test_a_clean_up_racing_its_acquire_leaves_nothing_held(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    # The interleaving a cancelled acquire can meet: its command still waits in the
+    # database (behind another caller's row lock) when its clean-up release arrives.
+    holder, releaser, acquirer, cleaner = [await asyncpg.connect(postgres_url) for _ in range(4)]
+    try:
+        assert await holder.fetchval("SELECT asynclock.acquire(ARRAY['k'], 'H', 60000)")
+        transaction = releaser.transaction()
+        await transaction.start()
+        await releaser.execute("SELECT asynclock.release(ARRAY['k'], 'H')")  # not committed
+        acquire = asyncio.create_task(
+            acquirer.fetchval("SELECT asynclock.acquire(ARRAY['k'], 'T', 60000)")
+        )
+        await asyncio.sleep(0.3)  # T's acquire waits on H's row
+        clean_up = asyncio.create_task(
+            cleaner.fetchval("SELECT asynclock.release(ARRAY['k'], 'T')")
+        )
+        await asyncio.sleep(0.3)
+        await transaction.commit()
+        await asyncio.wait_for(acquire, 5.0)
+        await asyncio.wait_for(clean_up, 5.0)
+        left = await holder.fetchval("SELECT count(*) FROM asynclock.leases WHERE token = 'T'")
+        assert left == 0  # whichever order they ran in, T holds nothing
+    finally:
+        for connection in (holder, releaser, acquirer, cleaner):
+            await connection.close()
+
+
+async def test_a_stricter_isolation_level_is_refused_not_miscounted(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    strict = await PostgresBackend.connect(
+        postgres_url, server_settings={"default_transaction_isolation": "repeatable read"}
+    )
+    try:
+        with pytest.raises(LockBackendError, match="READ COMMITTED"):
+            await Semaphore(strict, "s", limit=1, ttl=5.0).acquire(blocking=False)
+    finally:
+        await strict.aclose()
+
+
 async def test_a_held_lock_survives_a_server_restart(
     backend: PostgresBackend, other: PostgresBackend, postgres_server: PostgresServer
 ) -> None:

@@ -13,9 +13,17 @@
 -- (the transaction's start, one reading per call), never from a client's.
 --
 -- Releases wake waiters with NOTIFY on the one channel `asynclock`, the payload the
--- md5 of the released key's channel (a channel is at most 63 bytes, a payload 8000;
--- a digest fits whatever the name). NOTIFY is sent at commit, so a waiter never wakes
--- before the release it hears of is visible.
+-- SHA-224 of the released key's channel (a channel is at most 63 bytes, a payload
+-- 8000; a digest fits whatever the name). NOTIFY is sent at commit, so a waiter never
+-- wakes before the release it hears of is visible.
+--
+-- The functions rely on READ COMMITTED, PostgreSQL's default: after waiting for a
+-- lock, the next statement sees what the lock's previous holder committed. Under a
+-- stricter default they refuse to run rather than count holders from an old snapshot.
+--
+-- Locks are taken in one order, so that no two calls wait on each other: the
+-- transaction locks of tokens (lock_token), then of a semaphore or read-write lock
+-- (lock_key), then lease rows by key, then fence rows (next_fence).
 
 CREATE SCHEMA IF NOT EXISTS asynclock;
 
@@ -62,8 +70,9 @@ CREATE TABLE IF NOT EXISTS asynclock.permits (
   PRIMARY KEY (key, token)
 );
 
--- Read-write locks: holders ('r' or 'w'), the line of waiting sides of processes
--- ('r:<id>', 'w:<id>') whose places lapse unless renewed, the last writer's fence.
+-- Read-write locks: holders ('r' or 'w'), and the line of waiting sides of processes
+-- ('r:<id>', 'w:<id>') whose places lapse unless renewed. The last writer's fence is
+-- the lock's row in `fences`.
 CREATE TABLE IF NOT EXISTS asynclock.rw_holders (
   key text NOT NULL,
   token text NOT NULL,
@@ -78,10 +87,6 @@ CREATE TABLE IF NOT EXISTS asynclock.rw_line (
   arrival bigint NOT NULL,
   lapse timestamptz NOT NULL,
   PRIMARY KEY (key, member)
-);
-CREATE TABLE IF NOT EXISTS asynclock.rw_fences (
-  key text PRIMARY KEY,
-  last bigint NOT NULL
 );
 
 -- Single flights' outcomes and elections' announcements.
@@ -111,7 +116,34 @@ $$;
 
 -- Wake the waiters of `channel`.
 CREATE OR REPLACE FUNCTION asynclock.wake(channel text) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_notify('asynclock', md5(channel)) $$;
+LANGUAGE sql AS $$
+  SELECT pg_notify('asynclock', encode(sha224(convert_to(channel, 'UTF8')), 'hex'))
+$$;
+
+-- Refuse to run under an isolation level stricter than READ COMMITTED (see above).
+CREATE OR REPLACE FUNCTION asynclock.check_isolation() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'asynclock needs READ COMMITTED transactions (the default), not %',
+      current_setting('transaction_isolation') USING ERRCODE = '0A000';
+  END IF;
+END $$;
+
+-- Serialise the calls about one token: an acquire (or a hand-over to it) and its
+-- clean-up release. Whichever comes second sees what the first committed: a clean-up
+-- that ran first leaves a tombstone the acquire finds, an acquire that ran first
+-- leaves a row the release deletes. So a token released can never take a lock after.
+CREATE OR REPLACE FUNCTION asynclock.lock_token(tok text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM asynclock.check_isolation();
+  PERFORM pg_advisory_xact_lock(hashtextextended('token:' || tok, 0));
+END $$;
+
+-- Serialise the calls on one semaphore or read-write lock, whose counting needs it.
+CREATE OR REPLACE FUNCTION asynclock.lock_key(k text) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(hashtextextended('key:' || k, 0)) $$;
 
 -- Milliseconds from now to `t` (at least 1), or -1 for none.
 CREATE OR REPLACE FUNCTION asynclock.ms_until(t timestamptz) RETURNS bigint
@@ -121,25 +153,50 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Remember that `tok` released; returns whether it had already (a release sent again).
--- Now and then, forget the releases older than 30 s.
+-- The caller holds the token's lock.
 CREATE OR REPLACE FUNCTION asynclock.remember_release(tok text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
   fresh boolean;
 BEGIN
-  IF random() < 0.01 THEN
-    DELETE FROM asynclock.released WHERE at < now() - interval '30 seconds';
-    DELETE FROM asynclock.leases WHERE expires_at < now() - interval '1 minute';
-    DELETE FROM asynclock.permits WHERE expires_at < now() - interval '1 minute';
-    DELETE FROM asynclock.rw_holders WHERE expires_at < now() - interval '1 minute';
-    DELETE FROM asynclock.rw_line WHERE lapse < now() - interval '1 minute';
-    DELETE FROM asynclock.outcomes WHERE expires_at < now();
-    DELETE FROM asynclock.fences WHERE used_at < now() - interval '1 day';
-  END IF;
   INSERT INTO asynclock.released (token, at) VALUES (tok, now())
     ON CONFLICT (token) DO NOTHING;
   GET DIAGNOSTICS fresh = ROW_COUNT;
   RETURN NOT fresh;
+END $$;
+
+-- Drop what nobody needs any more: releases older than 30 s, leases and holders gone
+-- for a minute, outcomes past their time, fence rows unused for a day (the clock
+-- floor keeps a name's next token above them), announcements of leases gone. Called
+-- by the client now and then, in a transaction of its own; rows locked by a call in
+-- progress are skipped, never waited for.
+CREATE OR REPLACE FUNCTION asynclock.sweep() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM asynclock.released WHERE token IN (
+    SELECT token FROM asynclock.released WHERE at < now() - interval '30 seconds'
+    FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.leases WHERE key IN (
+    SELECT key FROM asynclock.leases WHERE expires_at < now() - interval '1 minute'
+    FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.permits WHERE (key, token) IN (
+    SELECT key, token FROM asynclock.permits WHERE expires_at < now() - interval '1 minute'
+    FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.rw_holders WHERE (key, token) IN (
+    SELECT key, token FROM asynclock.rw_holders
+    WHERE expires_at < now() - interval '1 minute' FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.rw_line WHERE (key, member) IN (
+    SELECT key, member FROM asynclock.rw_line WHERE lapse < now() - interval '1 minute'
+    FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.outcomes WHERE key IN (
+    SELECT key FROM asynclock.outcomes WHERE expires_at < now() FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.fences WHERE key IN (
+    SELECT key FROM asynclock.fences WHERE used_at < now() - interval '1 day'
+    FOR UPDATE SKIP LOCKED);
+  DELETE FROM asynclock.leaders WHERE key IN (
+    SELECT a.key FROM asynclock.leaders AS a
+    WHERE NOT EXISTS (SELECT 1 FROM asynclock.leases AS l WHERE l.key = a.key)
+    FOR UPDATE SKIP LOCKED);
 END $$;
 
 -- Take every key for `tok`, or none. Returns {1, fence_1, ..., fence_n} (a key
@@ -153,6 +210,7 @@ DECLARE
   fences bigint[];
   wait bigint;
 BEGIN
+  PERFORM asynclock.lock_token(tok);
   IF EXISTS (SELECT 1 FROM asynclock.released WHERE token = tok) THEN
     RETURN ARRAY[0, -1];
   END IF;
@@ -212,6 +270,9 @@ DECLARE
   gone record;
   repeated boolean;
 BEGIN
+  PERFORM asynclock.lock_token(tok);
+  PERFORM 1 FROM asynclock.leases WHERE key = ANY (keys) AND token = tok
+    ORDER BY key FOR UPDATE;  -- in key order, as every call locks lease rows
   FOR gone IN
     DELETE FROM asynclock.leases WHERE key = ANY (keys) AND token = tok
     RETURNING key, expires_at > now() AS alive
@@ -236,6 +297,10 @@ DECLARE
   held integer;
   fences bigint[];
 BEGIN
+  -- Both tokens' locks, in one order: the successor's clean-up must not run between
+  -- its tombstone check and the hand-over.
+  PERFORM asynclock.lock_token(least(tok, successor));
+  PERFORM asynclock.lock_token(greatest(tok, successor));
   SELECT count(*) INTO held FROM (
     SELECT 1 FROM asynclock.leases
     WHERE key = ANY (keys) AND token = tok AND expires_at > now() ORDER BY key FOR UPDATE
@@ -268,7 +333,8 @@ DECLARE
   in_use integer;
   f bigint;
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtextextended(sem, 0));
+  PERFORM asynclock.lock_token(tok);
+  PERFORM asynclock.lock_key(sem);
   DELETE FROM asynclock.permits WHERE key = sem AND expires_at <= now();
   IF EXISTS (SELECT 1 FROM asynclock.released WHERE token = tok) THEN
     RETURN ARRAY[0, -1];
@@ -307,6 +373,7 @@ DECLARE
   alive boolean;
   repeated boolean;
 BEGIN
+  PERFORM asynclock.lock_token(tok);
   DELETE FROM asynclock.permits WHERE key = sem AND token = tok
     RETURNING expires_at > now() INTO alive;
   IF alive THEN
@@ -338,7 +405,8 @@ DECLARE
   writer_until timestamptz;
   wait bigint := NULL;
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtextextended(rw, 0));
+  PERFORM asynclock.lock_token(tok);
+  PERFORM asynclock.lock_key(rw);
   DELETE FROM asynclock.rw_holders WHERE key = rw AND expires_at <= now();
   DELETE FROM asynclock.rw_line WHERE key = rw AND lapse <= now();
   IF EXISTS (SELECT 1 FROM asynclock.released WHERE token = tok) THEN
@@ -376,10 +444,8 @@ BEGIN
     END IF;
     IF side = 'w' THEN
       f := asynclock.next_fence(rw);
-      INSERT INTO asynclock.rw_fences (key, last) VALUES (rw, f)
-        ON CONFLICT (key) DO UPDATE SET last = excluded.last;
     ELSE
-      f := coalesce((SELECT last FROM asynclock.rw_fences WHERE key = rw), 0);
+      f := coalesce((SELECT last FROM asynclock.fences WHERE key = rw), 0);
     END IF;
     INSERT INTO asynclock.rw_holders (key, token, mode, fence, expires_at)
       VALUES (rw, tok, side, f, now() + ttl_ms * interval '1 ms');
@@ -408,6 +474,7 @@ DECLARE
   alive boolean;
   repeated boolean;
 BEGIN
+  PERFORM asynclock.lock_token(tok);
   DELETE FROM asynclock.rw_holders WHERE key = rw AND token = tok AND mode = side
     RETURNING expires_at > now() INTO alive;
   IF alive THEN
