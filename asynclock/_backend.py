@@ -106,7 +106,7 @@ class Backend(ABC):
     what it opened.
     """
 
-    #: The kind of store: ``"redis"`` or ``"memory"``.
+    #: The kind of store: ``"redis"``, ``"postgresql"`` or ``"memory"``.
     kind: ClassVar[str]
     #: Whether its locks exclude other processes (not so in memory).
     spans_processes: ClassVar[bool]

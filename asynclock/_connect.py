@@ -11,8 +11,9 @@ afterwards, so no held lock ever changes store under its holder.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
@@ -170,13 +171,18 @@ def _sentinel_primary(base: str, url: str, options: dict[str, Any]) -> Any:
             f"{redacted(url)!r}: a sentinel URL ends in /<service name>[/<db>], "
             "as in redis+sentinel://host:26379/mymaster/0"
         )
+    if parts.query:
+        raise ValueError(
+            f"{redacted(url)!r}: a sentinel URL takes no query; pass its options as"
+            " keyword arguments to connect()"
+        )
     hosts = parts.netloc.rpartition("@")[2]
     sentinels = []
     for host in hosts.split(","):
         name, _, port = host.rpartition(":")
         if not name or not port.isdigit():
             raise ValueError(f"{redacted(url)!r}: each sentinel is host:port, not {host!r}")
-        sentinels.append((name, int(port)))
+        sentinels.append((name.removeprefix("[").removesuffix("]"), int(port)))  # IPv6
     sentinel_kwargs = options.pop("sentinel_kwargs", None)
     if base == "rediss":
         options.setdefault("ssl", True)
@@ -184,8 +190,8 @@ def _sentinel_primary(base: str, url: str, options: dict[str, Any]) -> Any:
     return sentinel.master_for(
         path[0],
         db=int(path[1]) if len(path) == 2 else 0,
-        username=parts.username,
-        password=parts.password,
+        username=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
     )
 
 
@@ -209,10 +215,13 @@ def _fall_back(url: str, error: BaseException) -> MemoryBackend:
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for messages and events."""
+    """``url`` without its password (in its credentials or its query), for messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        credentials, _, hosts = netloc.rpartition("@")
+        netloc = f"{credentials.partition(':')[0]}:***@{hosts}"
+    query = re.sub(r"(?i)(^|&)(password|passwd|pwd)=[^&]*", r"\1\2=***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    user = credentials.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

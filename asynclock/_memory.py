@@ -194,6 +194,7 @@ class MemoryBackend(Backend):
     def remember_release(self, token: str, now: float) -> None:
         """Keep ``token`` among the recent releases, dropping the oldest and expired."""
         released = self._released
+        released.pop(token, None)  # a release sent again is the newest
         released[token] = now
         horizon = now - RELEASE_TOMBSTONE_MS / 1000
         while released:
@@ -538,9 +539,13 @@ class MemorySide:
     def _state(self, now: float) -> _ReadWrite:
         rw = self.store._rwlocks.get(self.base)
         if rw is None:
-            rw = self.store._rwlocks[self.base] = _ReadWrite()
+            # Not stored until something is written: reads leave nothing behind.
+            return _ReadWrite()
         _tidy(rw, now)
         return rw
+
+    def _stored(self, rw: _ReadWrite) -> None:
+        self.store._rwlocks.setdefault(self.base, rw)
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -573,7 +578,9 @@ class MemorySide:
             if member:
                 at = rw.line[member][0] if member in rw.line else now
                 rw.line[member] = (at, now + PLACE_MS / 1000)
+                self._stored(rw)
             return Grant(False, (), retry_after)
+        self._stored(rw)
         if self.mode == "w":
             rw.last_fence = store.fence()
             rw.writer = _Hold(token, expires, rw.last_fence)

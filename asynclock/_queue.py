@@ -45,8 +45,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.exceptions import RedisError
-
 from ._aio import spawn, within
 from ._errors import LockBackendError
 from ._notify import Notifications
@@ -413,5 +411,5 @@ def join_queue(client: Any, notifier: Notifications, resource: Resource) -> Loca
 async def _leave_line(leave_line: LeaveLine, process_id: str) -> None:
     try:
         await leave_line(process_id)
-    except (RedisError, OSError) as exc:
+    except BACKEND_ERRORS as exc:
         _log.debug("leaving a line of waiters failed: %r", exc)

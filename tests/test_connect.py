@@ -17,6 +17,7 @@ from asynclock import (
     connect,
     subscribe,
 )
+from asynclock._connect import _redis_client, redacted
 
 
 def unused_port() -> int:
@@ -24,6 +25,30 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_passwords_never_reach_a_message() -> None:
+    assert redacted("redis://user:secret@h:6379/0") == "redis://user:***@h:6379/0"
+    assert redacted("postgresql://h/db?sslmode=require&password=secret") == (
+        "postgresql://h/db?sslmode=require&password=***"
+    )
+    assert redacted("memory://") == "memory://"
+
+
+def test_a_sentinel_url_gives_the_primary_its_credentials_decoded() -> None:
+    client = _redis_client(
+        "redis+sentinel", "redis+sentinel://app:p%40ss@[::1]:26379,h2:26380/locks/2", {}
+    )
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["password"] == "p@ss"
+    assert kwargs["username"] == "app"
+    assert kwargs["db"] == 2
+    assert (
+        client.connection_pool.sentinel_manager.sentinels[0].connection_pool.connection_kwargs[
+            "host"
+        ]
+        == "::1"
+    )
 
 
 async def test_memory_url() -> None:
@@ -113,6 +138,7 @@ async def test_a_reachable_store_is_used_even_with_a_fallback(redis_url: str) ->
         ("memory://", {"timeout": 0}, ValueError, "timeout"),
         ("redis+sentinel://127.0.0.1:1", {}, ValueError, "service name"),
         ("redis+sentinel://127.0.0.1/svc", {}, ValueError, "host:port"),
+        ("redis+sentinel://127.0.0.1:26379/svc?socket_timeout=1", {}, ValueError, "no query"),
     ],
 )
 async def test_bad_urls_and_options_are_refused_before_anything_is_sent(

@@ -10,7 +10,7 @@ import asyncio
 import anyio
 import pytest
 
-from asynclock import LockLost, MemoryBackend, Mutex, Semaphore
+from asynclock import LockLost, MemoryBackend, Mutex, ReadWriteLock, Semaphore
 from asynclock._memory import _RECENT_RELEASES, _SWEEP_EVERY
 from asynclock._resource import Successor
 
@@ -64,6 +64,15 @@ async def test_what_abandoned_names_leave_is_swept() -> None:
     await asyncio.sleep(0.01)  # every lease has run out, nobody touched its name
     assert (await backend.locks("p:", ("last",)).acquire(backend, "last", 5000)).acquired
     assert list(backend._holds) == ["p:lock:{last}"]
+
+
+async def test_reading_a_lock_leaves_nothing_behind() -> None:
+    backend = MemoryBackend()
+    for i in range(100):
+        rw = ReadWriteLock(backend, f"rw{i}")
+        assert not await rw.writing()
+        assert not await rw.write().locked()
+    assert backend._rwlocks == {}
 
 
 async def test_the_record_of_releases_is_bounded() -> None:

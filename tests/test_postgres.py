@@ -304,11 +304,49 @@ async def test_without_installing_a_missing_schema_fails_at_connect(postgres_url
         await PostgresBackend.connect(postgres_url, install_schema=False)
 
 
+async def test_the_sweep_drops_rows_nobody_needs(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    async with Mutex(backend, "kept", ttl=60.0):
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(
+                "INSERT INTO asynclock.leases VALUES ('gone', 't', 1, now() - interval '1 hour');"
+                "INSERT INTO asynclock.released VALUES ('old', now() - interval '1 hour');"
+                "INSERT INTO asynclock.fences VALUES ('idle', 1, now() - interval '2 days');"
+            )
+            await admin.execute("SELECT asynclock.sweep()")
+            leases = await admin.fetch("SELECT key FROM asynclock.leases")
+            assert [row["key"] for row in leases] == ["asynclock:lock:{kept}"]
+            assert await admin.fetchval("SELECT count(*) FROM asynclock.released") == 0
+            assert not await admin.fetchval(
+                "SELECT count(*) FROM asynclock.fences WHERE key = 'idle'"
+            )
+        finally:
+            await admin.close()
+
+
+async def test_options_for_the_pool_alone_do_not_break_listening(postgres_url: str) -> None:
+    await empty_postgres(postgres_url)
+    backend = await PostgresBackend.connect(postgres_url, max_inactive_connection_lifetime=60)
+    try:
+        holder = Mutex(backend, "job", ttl=5.0)
+        assert await holder.acquire()
+        waiting = asyncio.create_task(Mutex(backend, "job", ttl=5.0).acquire(timeout=5.0))
+        await asyncio.sleep(0.1)
+        await holder.release()
+        assert await waiting
+    finally:
+        await backend.aclose()
+
+
 async def test_names_postgres_cannot_store_are_refused_before_anything_is_sent(
     backend: PostgresBackend,
 ) -> None:
     with pytest.raises(ValueError, match="NUL"):
         Mutex(backend, "a\x00b")
+    with pytest.raises(ValueError, match="shorter"):
+        Mutex(backend, "x" * 3000)
 
 
 async def test_connect_to_a_postgres_url(postgres_url: str) -> None:
