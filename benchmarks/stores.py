@@ -100,7 +100,7 @@ async def _memory() -> AsyncIterator[Any]:
 
 
 async def measure(
-    redis_url: str, postgres_url: str, seconds: float = SECONDS
+    redis_url: str, postgres_url: str, seconds: float = SECONDS, pairs: int = PAIRS
 ) -> dict[str, tuple[float, float, float]]:
     """Per store: uncontended pairs/s, contended sections/s, contended p99 wait (ms)."""
     stores: dict[str, Callable[[], Any]] = {
@@ -111,15 +111,18 @@ async def measure(
     figures: dict[str, tuple[float, float, float]] = {}
     for label, open_store in stores.items():
         async with open_store() as store:
-            pairs = await uncontended(store)
+            rate = await uncontended(store, pairs)
             sections, p99 = await contended(store, seconds=seconds)
-        figures[label] = (pairs, sections, p99)
-        print(f"stores: {label}: {pairs:.0f} pairs/s, {sections:.0f} sections/s", file=sys.stderr)
+        figures[label] = (rate, sections, p99)
+        print(f"stores: {label}: {rate:.0f} pairs/s, {sections:.0f} sections/s", file=sys.stderr)
     return figures
 
 
 def run(
-    redis_url: str | None = None, postgres_url: str | None = None, seconds: float = SECONDS
+    redis_url: str | None = None,
+    postgres_url: str | None = None,
+    seconds: float = SECONDS,
+    pairs: int = PAIRS,
 ) -> dict[str, tuple[float, float, float]]:
     """Measure on the given servers, starting private ones for those not given."""
     with contextlib.ExitStack() as stack:
@@ -127,7 +130,7 @@ def run(
             redis_url = stack.enter_context(RedisServer()).url
         if postgres_url is None:
             postgres_url = stack.enter_context(PostgresServer()).dsn
-        return asyncio.run(measure(redis_url, postgres_url, seconds))
+        return asyncio.run(measure(redis_url, postgres_url, seconds, pairs))
 
 
 def table(figures: dict[str, tuple[float, float, float]]) -> str:
