@@ -22,7 +22,7 @@ import redis.asyncio
 
 from ._notify import Notifications
 from ._resource import Resource
-from ._sides import Mode
+from ._shapes import Mode
 
 
 class Counted(Resource, Protocol):

@@ -20,18 +20,19 @@ token released by its clean-up) must give it nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._backend import Backend
 from ._errors import LimitMismatch
 from ._names import PLACE_MS, RELEASE_TOMBSTONE_MS, base_key, owner_key
+from ._notify import Heard, heard
 from ._resource import Grant, HandOver, Place, Successor
-from ._sides import Mode
+from ._shapes import ExclusiveNames, Mode, SemaphoreShape, SideShape
 
 # How many writes between sweeps of expired entries (see the module's docstring).
 _SWEEP_EVERY: Final = 1024
@@ -248,44 +249,14 @@ def _retry_after(expires: float, now: float) -> float | None:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class MemoryLocks:
+class MemoryLocks(ExclusiveNames):
     """The exclusive locks over ``names`` in a :class:`MemoryBackend` (``Mutex``,
     ``MultiLock``): all names at once, or none."""
 
     store: MemoryBackend
     names: tuple[str, ...]
-    #: One key per name, shared with a Redis lock's owner keys: also the channels.
-    keys: tuple[str, ...]
-
-    @property
-    def description(self) -> str:
-        """The names, for messages."""
-        return ", ".join(self.names)
-
-    @property
-    def key(self) -> str:
-        """The first name's key."""
-        return self.keys[0]
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """One channel per name."""
-        return self.keys
-
-    @property
-    def exclusive(self) -> bool:
-        """Always: a holder of a name excludes everyone else."""
-        return True
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter of these names."""
-        return self.keys
-
-    @property
-    def hands_over(self) -> bool:
-        """Always: a release can give every name to the next waiter in one step."""
-        return True
+    #: One key per name, as a Redis lock's owner keys: also the channels.
+    owner_keys: tuple[str, ...]
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -299,13 +270,13 @@ class MemoryLocks:
         store, now = self.store, time.monotonic()
         if store.was_released(token):
             return Grant(False, ())
-        for key in self.keys:
+        for key in self.owner_keys:
             hold = store.hold(key, now)
             if hold is not None and hold.token != token:
                 return Grant(False, (), _retry_after(hold.expires, now))
         expires = now + ttl_ms / 1000
         fences = []
-        for key in self.keys:
+        for key in self.owner_keys:
             hold = store.hold(key, now)
             if hold is None:
                 hold = store._holds[key] = _Hold(token, expires, store.fence())
@@ -317,7 +288,7 @@ class MemoryLocks:
     async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
         """Reset every name's TTL if ``token`` still holds them all; never re-take."""
         store, now = self.store, time.monotonic()
-        holds = [store.hold(key, now) for key in self.keys]
+        holds = [store.hold(key, now) for key in self.owner_keys]
         if any(hold is None or hold.token != token for hold in holds):
             return False
         for hold in holds:
@@ -333,21 +304,21 @@ class MemoryLocks:
         store = self.store
         repeated = store.was_released(token)
         held = 0
-        for key in self.keys:
+        for key in self.owner_keys:
             hold = store.hold(key, now)
             if hold is not None and hold.token == token:
                 del store._holds[key]
                 held += 1
         store.remember_release(token, now)
         if held:
-            store.publish(self.keys)
-        return held == len(self.keys) or (held == 0 and repeated)
+            store.publish(self.owner_keys)
+        return held == len(self.owner_keys) or (held == 0 and repeated)
 
     async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
         """Give every name straight to ``to`` if ``token`` holds them all and ``to``
         has not given up; otherwise release."""
         store, now = self.store, time.monotonic()
-        holds = [store.hold(key, now) for key in self.keys]
+        holds = [store.hold(key, now) for key in self.owner_keys]
         if (
             not to.token
             or store.was_released(to.token)
@@ -368,11 +339,11 @@ class MemoryLocks:
     async def locked(self, client: Any) -> bool:
         """Whether any of the names is held."""
         now = time.monotonic()
-        return any(self.store.hold(key, now) is not None for key in self.keys)
+        return any(self.store.hold(key, now) is not None for key in self.owner_keys)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class MemorySemaphore:
+class MemorySemaphore(SemaphoreShape):
     """``permits`` of a semaphore of ``limit`` in a :class:`MemoryBackend`."""
 
     store: MemoryBackend
@@ -380,36 +351,6 @@ class MemorySemaphore:
     key: str
     limit: int
     permits: int
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The semaphore's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The semaphore's name, for messages."""
-        return self.name
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where releases wake waiters."""
-        return (self.key,)
-
-    @property
-    def exclusive(self) -> bool:
-        """Only with room for a single acquisition."""
-        return self.permits * 2 > self.limit
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter, when one holding leaves no room for another."""
-        return self.channels if self.exclusive else ()
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: the permits go back to everyone waiting."""
-        return False
 
     def _state(self, now: float) -> _Permits | None:
         state = self.store._semaphores.get(self.key)
@@ -466,13 +407,6 @@ class MemorySemaphore:
             store.publish(self.channels)
         return held or repeated
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the permits go back to everyone waiting."""
-        return HandOver(await self.release(client, token), None)
-
-    async def leave_line(self, client: Any, waiter: str) -> None:
-        """Nothing: a semaphore keeps no line."""
-
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""
         state = self._state(time.monotonic())
@@ -480,14 +414,9 @@ class MemorySemaphore:
             return 0, 0, -1
         return len(state.holders), sum(h.permits for h in state.holders.values()), state.limit
 
-    async def locked(self, client: Any) -> bool:
-        """Whether too few permits are free for this acquirer."""
-        _, in_use, _ = await self.inspect(client)
-        return in_use + self.permits > self.limit
-
 
 @dataclass(frozen=True, slots=True, eq=False)
-class MemorySide:
+class MemorySide(SideShape):
     """One side (``"r"`` or ``"w"``) of a read-write lock in a :class:`MemoryBackend`.
 
     The rule is Redis's (``scripts/rw_acquire.lua``): nobody ahead of the caller may
@@ -499,42 +428,6 @@ class MemorySide:
     name: str
     base: str
     mode: Mode
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The lock's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The lock's name, for messages."""
-        return self.name
-
-    @property
-    def key(self) -> str:
-        """The lock's key, with its side."""
-        return f"{self.base}:writer" if self.mode == "w" else f"{self.base}:readers"
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where this side's waiters are woken."""
-        return (f"{self.base}:read",) if self.mode == "r" else (f"{self.base}:write",)
-
-    @property
-    def exclusive(self) -> bool:
-        """A writer excludes everyone; a reader, no other reader."""
-        return self.mode == "w"
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """A writer keeps out readers and writers; a reader, writers."""
-        both = (f"{self.base}:read", f"{self.base}:write")
-        return both if self.mode == "w" else both[1:]
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: a release wakes the waiters, who try."""
-        return False
 
     def _state(self, now: float) -> _ReadWrite:
         rw = self.store._rwlocks.get(self.base)
@@ -623,10 +516,6 @@ class MemorySide:
             store.publish((f"{self.base}:read", f"{self.base}:write"))
         return held or repeated
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the waiters are woken, and try."""
-        return HandOver(await self.release(client, token), None)
-
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Give up this side's place in line, waking the others."""
         rw = self._state(time.monotonic())
@@ -638,11 +527,6 @@ class MemorySide:
         rw = self._state(time.monotonic())
         writers = sum(1 for member in rw.line if member.startswith("w:"))
         return rw.writer is not None, len(rw.readers), writers
-
-    async def locked(self, client: Any) -> bool:
-        """Whether this side would have to wait for a holder."""
-        writer, readers, _ = await self.inspect(client)
-        return writer or (self.mode == "w" and readers > 0)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -734,27 +618,6 @@ class MemoryLeadership:
         """Wake the watchers: the leader stepped down."""
         self.store.publish((self.key,))
 
-    @contextlib.asynccontextmanager
-    async def changes(self, client: Any) -> AsyncIterator[_Changes]:
+    def changes(self, client: Any) -> AbstractAsyncContextManager[Heard]:
         """A subscription to announcements and step-downs, for a watcher."""
-        notifier = self.store.notifications()
-        changes = _Changes()
-        await notifier.watch((self.key, self.owner), changes.event)
-        try:
-            yield changes
-        finally:
-            notifier.unwatch((self.key, self.owner), changes.event)
-
-
-class _Changes:
-    """A watcher's subscription: an event set by every change."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def next(self, seconds: float) -> None:
-        """Return at the next change, or after ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.event.wait()
-        self.event.clear()
+        return heard(self.store.notifications(), (self.key, self.owner))

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import _scripts
 from ._resource import Grant, HandOver, Place, Successor
+from ._shapes import ExclusiveNames
 
 #: The prefix of every key asynclock writes, unless another is given.
 DEFAULT_PREFIX = "asynclock:"
@@ -97,7 +98,7 @@ def line_keys(prefix: str, name: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class NamedLocks:
+class NamedLocks(ExclusiveNames):
     """The :class:`~asynclock._resource.Resource` of exclusive locks over ``names``."""
 
     prefix: str
@@ -132,36 +133,6 @@ class NamedLocks:
         the value, which never changes, is kept for the most recent names.
         """
         return NamedLocks(prefix, names)
-
-    @property
-    def description(self) -> str:
-        """The names, for messages."""
-        return ", ".join(self.names)
-
-    @property
-    def key(self) -> str:
-        """The owner key of the first name."""
-        return self.owner_keys[0]
-
-    @property
-    def hands_over(self) -> bool:
-        """Always: one script releases and grants every name."""
-        return True
-
-    @property
-    def exclusive(self) -> bool:
-        """Always: a holder of a name excludes everyone else."""
-        return True
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter of these names."""
-        return self.owner_keys
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where releases are published: one channel per name, named like its key."""
-        return self.owner_keys
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE

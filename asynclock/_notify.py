@@ -39,7 +39,7 @@ import logging
 import secrets
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 from redis.crc import key_slot
@@ -538,3 +538,30 @@ def notifier_for(client: Any) -> Notifications | None:
     if notifier is None or notifier.loop is not asyncio.get_running_loop():
         notifier = _notifiers[client] = Notifier(client.pubsub())
     return notifier
+
+
+class Heard:
+    """A watcher's subscription through a notifier: an event set by every release
+    (or other message) heard on its channels."""
+
+    def __init__(self) -> None:
+        #: Set by every message heard; cleared by :meth:`next`.
+        self.event = asyncio.Event()
+
+    async def next(self, seconds: float) -> None:
+        """Return at the next message heard, or after ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.event.wait()
+        self.event.clear()
+
+
+@contextlib.asynccontextmanager
+async def heard(notifier: Notifications, channels: tuple[str, ...]) -> AsyncIterator[Heard]:
+    """Subscribe to ``channels`` through ``notifier`` for as long as the block runs."""
+    subscription = Heard()
+    await notifier.watch(channels, subscription.event)
+    try:
+        yield subscription
+    finally:
+        notifier.unwatch(channels, subscription.event)

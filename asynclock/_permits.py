@@ -24,11 +24,12 @@ from typing import Any
 from . import _scripts
 from ._errors import LimitMismatch
 from ._names import RELEASE_TOMBSTONE_MS, base_key
-from ._resource import Grant, HandOver, Place, Successor
+from ._resource import Grant, Place
+from ._shapes import SemaphoreShape
 
 
 @dataclass(frozen=True, slots=True)
-class SemaphorePermits:
+class SemaphorePermits(SemaphoreShape):
     """The :class:`~asynclock._resource.Resource` of ``permits`` of a semaphore."""
 
     prefix: str
@@ -36,6 +37,8 @@ class SemaphorePermits:
     limit: int
     permits: int
     keys: tuple[str, str, str, str, str] = field(init=False)
+    #: The sorted set of holders, whose channel releases are published on.
+    key: str = field(init=False)
 
     def __post_init__(self) -> None:
         base = base_key(self.prefix, "semaphore", self.name)
@@ -47,42 +50,7 @@ class SemaphorePermits:
             f"{base}:released",
         )
         object.__setattr__(self, "keys", keys)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The semaphore's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The semaphore's name, for messages."""
-        return self.name
-
-    @property
-    def key(self) -> str:
-        """The sorted set of holders."""
-        return self.keys[0]
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: the permits go back to everyone waiting, not to one successor."""
-        return False
-
-    @property
-    def exclusive(self) -> bool:
-        """Only with room for a single acquisition: another may hold the rest."""
-        return self.permits * 2 > self.limit
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter, when one holding leaves no room for another; else none for
-        sure (the others may come and go)."""
-        return self.channels if self.exclusive else ()
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where releases are published: named like the sorted set of holders."""
-        return (self.keys[0],)
+        object.__setattr__(self, "key", keys[0])
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -112,19 +80,7 @@ class SemaphorePermits:
         reply = await _scripts.SEMAPHORE_RELEASE(client, keys, (token, RELEASE_TOMBSTONE_MS))
         return int(reply) == 1
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the permits go back to everyone waiting, not to one successor."""
-        return HandOver(await self.release(client, token), None)
-
-    async def leave_line(self, client: Any, waiter: str) -> None:
-        """Nothing to do: a semaphore keeps no line of waiters."""
-
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""
         reply = await _scripts.SEMAPHORE_INSPECT(client, self.keys[:3], ())
         return int(reply[0]), int(reply[1]), int(reply[2])
-
-    async def locked(self, client: Any) -> bool:
-        """Report whether too few permits are free for this acquirer."""
-        _, in_use, _ = await self.inspect(client)
-        return in_use + self.permits > self.limit

@@ -17,7 +17,8 @@ from ._notify import Notifications, notifier_for
 from ._outcomes import RedisOutcomes
 from ._permits import SemaphorePermits
 from ._resource import Resource
-from ._sides import Mode, ReadWriteSide
+from ._shapes import Mode
+from ._sides import ReadWriteSide
 from ._slots import resource_for_names
 
 

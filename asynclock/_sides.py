@@ -22,24 +22,24 @@ and the writers' channels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from . import _scripts
 from ._names import PLACE_MS, RELEASE_TOMBSTONE_MS, base_key
-from ._resource import Grant, HandOver, Place, Successor
-
-#: Which side of a read-write lock: ``"r"`` reads (shared), ``"w"`` writes (alone).
-Mode = Literal["r", "w"]
+from ._resource import Grant, Place
+from ._shapes import Mode, SideShape
 
 
 @dataclass(frozen=True, slots=True)
-class ReadWriteSide:
+class ReadWriteSide(SideShape):
     """The :class:`~asynclock._resource.Resource` of one side (read or write) of a
     read-write lock."""
 
     prefix: str
     name: str
     mode: Mode
+    #: What every key of the lock starts with.
+    base: str = field(init=False)
     #: writer, readers, reader fences, line, line-alive, fence, tombstone, and the
     #: readers' and writers' channels.
     keys: tuple[str, ...] = field(init=False)
@@ -48,42 +48,8 @@ class ReadWriteSide:
         base = base_key(self.prefix, "rwlock", self.name)
         parts = ("writer", "readers", "reader-fences", "line", "line-alive", "fence")
         keys = (*(f"{base}:{part}" for part in parts), f"{base}:released")
+        object.__setattr__(self, "base", base)
         object.__setattr__(self, "keys", (*keys, f"{base}:read", f"{base}:write"))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The lock's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The lock's name, for messages."""
-        return self.name
-
-    @property
-    def key(self) -> str:
-        """The writer key, or the readers' sorted set."""
-        return self.keys[0] if self.mode == "w" else self.keys[1]
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where this side's waiters are woken: the readers' or the writers' channel."""
-        return (self.keys[7],) if self.mode == "r" else (self.keys[8],)
-
-    @property
-    def exclusive(self) -> bool:
-        """A writer excludes everyone; a reader, no other reader."""
-        return self.mode == "w"
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """A writer keeps out readers and writers; a reader, writers."""
-        return (self.keys[7], self.keys[8]) if self.mode == "w" else (self.keys[8],)
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: a release wakes the waiters, who try."""
-        return False
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -107,10 +73,6 @@ class ReadWriteSide:
         reply = await _scripts.RW_RELEASE(client, keys, (token, RELEASE_TOMBSTONE_MS, self.mode))
         return int(reply) == 1
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the waiters are woken, and try."""
-        return HandOver(await self.release(client, token), None)
-
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Give up the process's place in line, waking the others."""
         keys = (self.keys[3], self.keys[4], self.keys[7], self.keys[8])
@@ -120,9 +82,3 @@ class ReadWriteSide:
         """Return whether a writer holds, the live readers, and the writers waiting."""
         reply = await _scripts.RW_INSPECT(client, self.keys[:5], ())
         return bool(int(reply[0])), int(reply[1]), int(reply[2])
-
-    async def locked(self, client: Any) -> bool:
-        """Whether this side would have to wait: a writer holds (or, for a writer,
-        anyone holds); a reader may still wait for a writer ahead of it in line."""
-        writer, readers, _ = await self.inspect(client)
-        return writer or (self.mode == "w" and readers > 0)

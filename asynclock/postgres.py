@@ -25,7 +25,7 @@ import hashlib
 import inspect
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -36,8 +36,9 @@ from ._aio import spawn
 from ._backend import Backend
 from ._errors import LimitMismatch
 from ._names import PLACE_MS, base_key, owner_key
+from ._notify import Heard, heard
 from ._resource import BackendFailure, Grant, HandOver, Place, Successor
-from ._sides import Mode
+from ._shapes import ExclusiveNames, Mode, SemaphoreShape, SideShape
 
 __all__ = ["PostgresBackend"]
 
@@ -355,57 +356,27 @@ def _grant(reply: list[int]) -> Grant:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class PostgresLocks:
+class PostgresLocks(ExclusiveNames):
     """The exclusive locks over ``names`` on PostgreSQL: all at once, or none."""
 
     store: PostgresBackend
     names: tuple[str, ...]
-    keys: tuple[str, ...]
-
-    @property
-    def description(self) -> str:
-        """The names, for messages."""
-        return ", ".join(self.names)
-
-    @property
-    def key(self) -> str:
-        """The first name's key."""
-        return self.keys[0]
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """One channel per name."""
-        return self.keys
-
-    @property
-    def exclusive(self) -> bool:
-        """Always."""
-        return True
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter of these names."""
-        return self.keys
-
-    @property
-    def hands_over(self) -> bool:
-        """Always: one function call releases and grants every name."""
-        return True
+    owner_keys: tuple[str, ...]
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
     ) -> Grant:
         """Take every name for ``token``, or report how long the holder has. A release
         wakes every waiting process: there is no line (``waiter``, ``place`` unused)."""
-        return _grant(await self.store.call(_ACQUIRE, list(self.keys), token, ttl_ms))
+        return _grant(await self.store.call(_ACQUIRE, list(self.owner_keys), token, ttl_ms))
 
     async def extend(self, client: Any, token: str, ttl_ms: int) -> bool:
         """Reset every name's expiry if ``token`` still holds them all."""
-        return bool(await self.store.call(_EXTEND, list(self.keys), token, ttl_ms))
+        return bool(await self.store.call(_EXTEND, list(self.owner_keys), token, ttl_ms))
 
     async def release(self, client: Any, token: str) -> bool:
         """Free the names ``token`` holds; report whether it held them all."""
-        return bool(await self.store.call(_RELEASE, list(self.keys), token))
+        return bool(await self.store.call(_RELEASE, list(self.owner_keys), token))
 
     async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
         """Give every name straight to ``to``, or release.
@@ -416,7 +387,7 @@ class PostgresLocks:
         """
         if not to.jump_line:
             return HandOver(await self.release(client, token), None)
-        reply = await self.store.call(_HAND_OVER, list(self.keys), token, to.token, to.ttl_ms)
+        reply = await self.store.call(_HAND_OVER, list(self.owner_keys), token, to.token, to.ttl_ms)
         if len(reply) > 1:
             return HandOver(True, tuple(reply[1:]))
         return HandOver(bool(reply[0]), None)
@@ -426,11 +397,11 @@ class PostgresLocks:
 
     async def locked(self, client: Any) -> bool:
         """Whether any of the names is held."""
-        return bool(await self.store.call(_LOCKED, list(self.keys)))
+        return bool(await self.store.call(_LOCKED, list(self.owner_keys)))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class PostgresSemaphore:
+class PostgresSemaphore(SemaphoreShape):
     """``permits`` of a semaphore of ``limit`` on PostgreSQL."""
 
     store: PostgresBackend
@@ -438,36 +409,6 @@ class PostgresSemaphore:
     key: str
     limit: int
     permits: int
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The semaphore's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The semaphore's name, for messages."""
-        return self.name
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where releases wake waiters."""
-        return (self.key,)
-
-    @property
-    def exclusive(self) -> bool:
-        """Only with room for a single acquisition."""
-        return self.permits * 2 > self.limit
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """Every waiter, when one holding leaves no room for another."""
-        return self.channels if self.exclusive else ()
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: the permits go back to everyone waiting."""
-        return False
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -490,26 +431,14 @@ class PostgresSemaphore:
         """Give the permits back; report whether the holder was still live."""
         return bool(await self.store.call(_SEM_RELEASE, self.key, token))
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the permits go back to everyone waiting."""
-        return HandOver(await self.release(client, token), None)
-
-    async def leave_line(self, client: Any, waiter: str) -> None:
-        """Nothing: a semaphore keeps no line."""
-
     async def inspect(self, client: Any) -> tuple[int, int, int]:
         """Return live holders, permits in use, and the limit in force (-1: none)."""
         holders, in_use, limit = await self.store.call(_SEM_INSPECT, self.key)
         return int(holders), int(in_use), int(limit)
 
-    async def locked(self, client: Any) -> bool:
-        """Whether too few permits are free for this acquirer."""
-        _, in_use, _ = await self.inspect(client)
-        return in_use + self.permits > self.limit
-
 
 @dataclass(frozen=True, slots=True, eq=False)
-class PostgresSide:
+class PostgresSide(SideShape):
     """One side (``"r"`` or ``"w"``) of a read-write lock on PostgreSQL, with Redis's
     rule (``rw_acquire`` in ``sql/schema.sql``)."""
 
@@ -517,42 +446,6 @@ class PostgresSide:
     name: str
     base: str
     mode: Mode
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The lock's name, alone."""
-        return (self.name,)
-
-    @property
-    def description(self) -> str:
-        """The lock's name, for messages."""
-        return self.name
-
-    @property
-    def key(self) -> str:
-        """The lock's key, with its side."""
-        return f"{self.base}:writer" if self.mode == "w" else f"{self.base}:readers"
-
-    @property
-    def channels(self) -> tuple[str, ...]:
-        """Where this side's waiters are woken."""
-        return (f"{self.base}:read",) if self.mode == "r" else (f"{self.base}:write",)
-
-    @property
-    def exclusive(self) -> bool:
-        """A writer excludes everyone; a reader, no other reader."""
-        return self.mode == "w"
-
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """A writer keeps out readers and writers; a reader, writers."""
-        both = (f"{self.base}:read", f"{self.base}:write")
-        return both if self.mode == "w" else both[1:]
-
-    @property
-    def hands_over(self) -> bool:
-        """Never: a release wakes the waiters, who try."""
-        return False
 
     async def acquire(
         self, client: Any, token: str, ttl_ms: int, waiter: str = "", place: Place = Place.NONE
@@ -570,10 +463,6 @@ class PostgresSide:
         """Give back what ``token`` holds; report whether it still held it."""
         return bool(await self.store.call(_RW_RELEASE, self.base, token, self.mode))
 
-    async def hand_over(self, client: Any, token: str, to: Successor) -> HandOver:
-        """Release: the waiters are woken, and try."""
-        return HandOver(await self.release(client, token), None)
-
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Give up the process's place in line, waking the others."""
         await self.store.call(_RW_LEAVE, self.base, f"{self.mode}:{waiter}")
@@ -582,11 +471,6 @@ class PostgresSide:
         """Return whether a writer holds, the live readers, and the writers waiting."""
         writer, readers, writers = await self.store.call(_RW_INSPECT, self.base)
         return bool(writer), int(readers), int(writers)
-
-    async def locked(self, client: Any) -> bool:
-        """Whether this side would have to wait for a holder."""
-        writer, readers, _ = await self.inspect(client)
-        return writer or (self.mode == "w" and readers > 0)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -642,31 +526,9 @@ class PostgresLeadership:
         with contextlib.suppress(BackendFailure):
             await self.store.call(_WAKE, self.key)
 
-    @contextlib.asynccontextmanager
-    async def changes(self, client: Any) -> AsyncIterator[_Changes]:
+    def changes(self, client: Any) -> AbstractAsyncContextManager[Heard]:
         """A subscription to announcements and step-downs, for a watcher."""
-        notifier = self.store.notifications()
-        changes = _Changes()
-        channels = (self.key, self.owner)
-        await notifier.watch(channels, changes.event)
-        try:
-            yield changes
-        finally:
-            notifier.unwatch(channels, changes.event)
-
-
-class _Changes:
-    """A watcher's subscription: an event set by every change it hears of."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def next(self, seconds: float) -> None:
-        """Return at the next change, or after ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.event.wait()
-        self.event.clear()
+        return heard(self.store.notifications(), (self.key, self.owner))
 
 
 # The calls of the functions of sql/schema.sql.
