@@ -10,6 +10,7 @@ memory's and PostgreSQL's.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 from ._resource import HandOver, Successor
@@ -58,15 +59,15 @@ class ExclusiveNames:
         return True
 
 
-class Shared:
+class Shared(ABC):
     """A lock others may hold beside the holder: a release wakes every waiter, who
     tries, rather than handing over to one."""
 
     __slots__ = ()
 
-    async def release(self, client: Any, token: str) -> bool:  # pragma: no cover
-        """Give back what ``token`` holds (the resource's own)."""
-        raise NotImplementedError
+    @abstractmethod
+    async def release(self, client: Any, token: str) -> bool:
+        """Give back what ``token`` holds (each store's resource defines it)."""
 
     @property
     def hands_over(self) -> bool:
@@ -118,9 +119,10 @@ class SemaphoreShape(Shared):
     async def leave_line(self, client: Any, waiter: str) -> None:
         """Nothing to do: a semaphore keeps no line of waiters."""
 
-    async def inspect(self, client: Any) -> tuple[int, int, int]:  # pragma: no cover
-        """Live holders, permits in use, the limit in force (the resource's own)."""
-        raise NotImplementedError
+    @abstractmethod
+    async def inspect(self, client: Any) -> tuple[int, int, int]:
+        """Live holders, permits in use, the limit in force (each store's resource
+        defines it)."""
 
     async def locked(self, client: Any) -> bool:
         """Whether too few permits are free for this acquirer."""
@@ -168,9 +170,10 @@ class SideShape(Shared):
         both = (f"{self.base}:read", f"{self.base}:write")
         return both if self.mode == "w" else both[1:]
 
-    async def inspect(self, client: Any) -> tuple[bool, int, int]:  # pragma: no cover
-        """Whether a writer holds, live readers, writers waiting (the resource's own)."""
-        raise NotImplementedError
+    @abstractmethod
+    async def inspect(self, client: Any) -> tuple[bool, int, int]:
+        """Whether a writer holds, live readers, writers waiting (each store's
+        resource defines it)."""
 
     async def locked(self, client: Any) -> bool:
         """Whether this side would have to wait: a writer holds (or, for a writer,
