@@ -214,9 +214,9 @@ class LocalQueue:
             # process may stand in line (moved to its back) without ever having
             # been refused. A no-op once the queue's channels are subscribed.
             await self.watch()
+            # within: lighter than asyncio.timeout, on the path of every hand-over.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.event.wait()
+                await within(self.event.wait(), timeout)
         finally:
             if self._offer is offer:
                 self._offer = None

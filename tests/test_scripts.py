@@ -179,6 +179,36 @@ async def test_a_refused_waiter_stands_in_line_and_the_release_names_the_first(
     await pubsub.aclose()
 
 
+async def test_moving_back_alone_in_line_writes_nothing_until_the_place_is_half_gone(
+    client: redis.Redis,
+) -> None:
+    lock = NamedLocks(P, ("a",))
+    line, alive = line_keys(P, "a")
+    assert (await lock.acquire(client, "holder", 5000)).acquired
+    assert not (await lock.acquire(client, "tok-p1", 5000, "p1")).acquired
+    assert await lock.release(client, "holder")
+    placed = await client.zscore(line, "p1")
+    lapse = await client.zscore(alive, "p1")
+    # Alone in line, its place fresh: the move to the back would change nothing.
+    await client.config_resetstat()
+    assert (await lock.acquire(client, "tok-p1", 5000, "p1", "back")).acquired
+    assert "cmdstat_zadd" not in await client.info("commandstats")
+    assert (await client.zscore(line, "p1"), await client.zscore(alive, "p1")) == (placed, lapse)
+    assert await lock.release(client, "tok-p1")
+    # Its place half gone: renewed, line and all.
+    await client.zadd(alive, {"p1": int(time.time() * 1000) + PLACE_MS // 2 - 100})
+    assert (await lock.acquire(client, "tok-p1b", 5000, "p1", "back")).acquired
+    assert await client.zscore(alive, "p1") > lapse
+    assert await client.pttl(line) > PLACE_MS - 1000
+    assert await lock.release(client, "tok-p1b")
+    # Another process in line: p1 goes behind it.
+    assert (await lock.acquire(client, "holder2", 5000)).acquired
+    assert not (await lock.acquire(client, "tok-p2", 5000, "p2")).acquired
+    assert await lock.release(client, "holder2")
+    assert (await lock.acquire(client, "tok-p1c", 5000, "p1", "back")).acquired
+    assert await client.zrange(line, 0, -1) == [b"p2", b"p1"]
+
+
 async def test_the_line_decides_whom_to_wake_never_who_may_take(client: redis.Redis) -> None:
     lock = NamedLocks(P, ("a",))
     assert (await lock.acquire(client, "holder", 5000)).acquired
