@@ -69,6 +69,12 @@ async def complete_despite_cancel(aw: Coroutine[Any, Any, _T]) -> _T:
     return result
 
 
+# The deadline of the innermost `within` each task runs under: a call below it with
+# a timer of its own that would not fire first (a command's socket timeout) can do
+# without, on the path every release takes.
+_deadlines: dict[asyncio.Task[Any], float] = {}
+
+
 async def within(aw: Awaitable[_T], timeout: float) -> _T:
     """Await ``aw``, cancelling it after ``timeout`` seconds with ``TimeoutError``.
 
@@ -88,7 +94,11 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
         fired = True
         task.cancel()
 
-    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    outer = _deadlines.get(task)
+    _deadlines[task] = deadline if outer is None else min(deadline, outer)
+    handle = loop.call_at(deadline, expire)
     try:
         return await aw
     except asyncio.CancelledError:
@@ -99,8 +109,20 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
         raise
     finally:
         handle.cancel()
+        if outer is None:
+            del _deadlines[task]
+        else:
+            _deadlines[task] = outer
         if fired:  # expired just as the work finished: take our cancel back
             task.uncancel()
+
+
+def bounded_within(seconds: float) -> bool:
+    """Whether the current task runs under a :func:`within` that ends within
+    ``seconds`` from now: its timer then cuts off anything that would take longer."""
+    task = asyncio.current_task()
+    deadline = None if task is None else _deadlines.get(task)
+    return deadline is not None and deadline <= asyncio.get_running_loop().time() + seconds
 
 
 async def background_done(timeout: float) -> bool:

@@ -12,8 +12,8 @@ Each name has keys that share its hash tag, and so one Redis Cluster slot (see
   waiting for the name, by arrival and by when their place lapses. A release wakes
   the first of them only; the line never decides who may take the lock (see
   ``scripts/acquire.lua``), and it goes away when nobody waits;
-- ``<prefix>released:{<name>}``: the tombstone, the tokens most recently released,
-  gone 30 s after the latest release (see ``remember_release`` in
+- ``<prefix>released:{<name>}``: the tombstone, a list of the tokens most recently
+  released, gone 30 s after the latest release (see ``remember_release`` in
   ``scripts/common.lua``).
 
 A lock over several names is all-or-nothing in one script call (nothing is held

@@ -40,7 +40,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._aio import within
+from ._aio import bounded_within, within
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -345,6 +345,10 @@ async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:
     # the pool, so its timeout is lifted only for this exchange.
     conn.socket_timeout = None
     try:
+        if bounded_within(timeout):
+            # A release's own time limit ends first: its timer cuts the exchange off,
+            # and a cancelled exchange disconnects the connection all the same.
+            return await _exchange(conn, command)
         return await within(_exchange(conn, command), timeout)
     except TimeoutError:
         # Cut off mid-exchange: disconnected (redis-py does it too), so that no late

@@ -88,8 +88,11 @@ MUTANTS = (
         "no-tombstone",
         "a release leaves no tombstone for its token",
         "asynclock/scripts/common.lua",
-        "  redis.call('SET', tombstone, tokens, 'PX', ms)",
-        "  -- (no tombstone)",
+        "  if redis.call('LPUSH', tombstone, token) > RECENT_RELEASES_MAX then\n"
+        "    redis.call('LTRIM', tombstone, 0, RECENT_RELEASES - 1)\n"
+        "  end\n"
+        "  redis.call('PEXPIRE', tombstone, ms)\n",
+        "  -- (no tombstone)\n",
         ("tests/test_safety_net.py", "tests/test_mutex.py"),
     ),
     Mutant(
@@ -129,16 +132,18 @@ MUTANTS = (
         "tombstone-keeps-one-token",
         "a release's tombstone keeps only its own token, forgetting the name's others",
         "asynclock/scripts/common.lua",
-        "    tokens = token .. ' ' .. string.sub(recent, 1, keep)\n",
-        "    tokens = token\n",
+        "  if redis.call('LPUSH', tombstone, token) > RECENT_RELEASES_MAX then\n"
+        "    redis.call('LTRIM', tombstone, 0, RECENT_RELEASES - 1)\n",
+        "  if redis.call('LPUSH', tombstone, token) > 1 then\n"
+        "    redis.call('LTRIM', tombstone, 0, 0)\n",
         ("tests/test_scripts.py",),
     ),
     Mutant(
         "tombstone-unbounded",
         "a release's tombstone keeps every token ever released on the name",
         "asynclock/scripts/common.lua",
-        "    tokens = token .. ' ' .. string.sub(recent, 1, keep)\n",
-        "    tokens = token .. ' ' .. recent\n",
+        "    redis.call('LTRIM', tombstone, 0, RECENT_RELEASES - 1)\n",
+        "",
         ("tests/test_scripts.py",),
     ),
     Mutant(

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from asynclock._aio import bounded_within as _bounded_within
 from asynclock._aio import complete_despite_cancel as _complete_despite_cancel
 from asynclock._aio import within as _within
 from asynclock._timing import LeasePolicy, drift_allowance, extension_retry_pause, lease_deadline
@@ -117,3 +118,26 @@ async def test_within_entered_while_cancelling_still_reports_its_own_timeout() -
         await _within(asyncio.sleep(10), 0.02)
     assert task.cancelling() == 1  # the earlier cancellation is still pending
     task.uncancel()
+
+
+async def test_within_tells_calls_below_it_how_long_they_have() -> None:
+    assert not _bounded_within(60.0)  # outside any within
+    seen: list[bool] = []
+
+    async def probe() -> None:
+        seen.extend([_bounded_within(60.0), _bounded_within(0.5)])
+        await _within(inner(), 30.0)  # an inner limit does not extend the outer one
+        seen.append(_bounded_within(3.0))
+
+    async def inner() -> None:
+        seen.extend([_bounded_within(2.5), _bounded_within(1.0)])
+
+    await _within(probe(), 2.0)
+    assert seen == [True, False, True, False, True]
+    assert not _bounded_within(60.0)  # nothing left behind
+    # Another task does not run under this one's limit.
+    assert await _within(asyncio.ensure_future(_probe_elsewhere()), 2.0) is False
+
+
+async def _probe_elsewhere() -> bool:
+    return _bounded_within(60.0)

@@ -155,3 +155,28 @@ async def test_a_blackhole_loses_the_holder_on_its_deadline_and_times_out_waiter
     assert await direct.exists(owner_key("x")) == 0
     async with Mutex(through, "x", ttl=5) as again:
         assert await direct.get(owner_key("x")) == again.token.encode()
+
+
+async def test_a_release_into_a_blackhole_ends_at_its_own_limit_and_the_connection_recovers(
+    proxy: FaultProxy, server: RedisServer, direct: redis.Redis
+) -> None:
+    # A socket timeout far longer than the release's limit: the release's own timer
+    # alone cuts the exchange off, and the connection it was on must not read the
+    # late reply as the next command's.
+    client = redis.Redis.from_url(proxy.url, socket_timeout=30, max_connections=1)
+    try:
+        lock = Mutex(client, "r", ttl=1.0, auto_extend=False)
+        assert await lock.acquire()
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(LockBackendError, match="release"):
+            await lock.release()
+        took = time.monotonic() - started
+        assert took < 5  # the release's limit (at most a few seconds), not 30 s
+        proxy.heal()
+        await asyncio.sleep(1.2)  # the lease expires on the server
+        async with Mutex(client, "r", ttl=5) as lease:
+            assert await direct.get(owner_key("r")) == lease.token.encode()
+        assert await client.ping()
+    finally:
+        await client.aclose()

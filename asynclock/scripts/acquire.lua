@@ -27,7 +27,8 @@
 --
 -- A free name, the common case, costs four commands, each needed:
 --   SET NX PX  takes the name, and tells a free name from a held one (no GET first);
---   GET        the tombstone: an acquire overtaken by its own clean-up takes nothing;
+--   LPOS       the tombstone: an acquire overtaken by its own clean-up takes nothing
+--              (searched on the server: see was_released in common.lua);
 --   TIME       the server clock, the floor of the fencing token (see next_fence);
 --   SET GET    the fence counter: writes the new token and reads the last in one.
 -- A held name costs GET (is it ours?) and PTTL (how long the holder has), and a

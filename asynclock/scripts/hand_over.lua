@@ -13,8 +13,8 @@
 --          line (a short run of hand-overs inside one process, bounded by the client)
 -- ARGV[8]: how long a place in line lasts unless renewed, in milliseconds
 --
--- Each name's tombstone (see remember_release in common.lua) is read for the
--- successor's token and written with the caller's.
+-- Each name's tombstone (see remember_release in common.lua) is searched for the
+-- successor's token and takes the caller's.
 --
 -- Returns {released, fence_1, ..., fence_n} when the names went to the successor,
 -- {released} otherwise, with `released` as in release.lua.
@@ -31,7 +31,7 @@
 -- A hand-over is the path of every section of a lock contended inside a process. Per
 -- name it costs these commands, each needed:
 --   GET          the owner key: the caller must still hold the name;
---   GET          the tombstone: a successor that gave up (its token released by its
+--   LPOS         the tombstone: a successor that gave up (its token released by its
 --                clean-up) must get nothing;
 --   ZRANGE       the first process in line and whether its place has lapsed, once the
 --   ZSCORE       process has handed over a run of times (ARGV[7]): a process that
@@ -39,10 +39,15 @@
 --   SET PX       the owner key, to the successor's token, with its TTL;
 --   TIME         the server clock and the fence counter, for the successor's fencing
 --   SET GET      token (see next_fence in common.lua);
---   ZADD x2      when more of the process's coroutines wait ('back'): its place moves
---   PEXPIRE x2   to the back of the line, behind the other processes, and is renewed
+--   ZCARD        when more of the process's coroutines wait ('back'): its place moves
+--   ZSCORE       to the back of the line, behind the other processes, and is renewed
 --                (a place lapses unless renewed, so a dead process waits for nobody);
---   SET PX       the tombstone, with the caller's token in front (see release.lua).
+--                read first, since a process alone in line with a fresh place needs
+--                neither (see take_place in common.lua); otherwise also
+--   ZADD x2      the move and the renewal;
+--   PEXPIRE x2
+--   LPUSH        the tombstone, with the caller's token in front (see release.lua).
+--   PEXPIRE
 local token = ARGV[1]
 local successor = ARGV[3] or ''
 local waiter = ARGV[5] or ''
@@ -52,7 +57,6 @@ local place_ms = tonumber(ARGV[8] or '0')
 -- May the names go straight to the successor?
 local hand_over = successor ~= ''
 local not_our_turn = false
-local recents = {}  -- each name's tombstone, as read here
 if hand_over then
   for i = 1, #KEYS, PER_NAME do
     local owner = KEYS[i]
@@ -60,8 +64,7 @@ if hand_over then
       hand_over = false
       break
     end
-    recents[i] = recent_releases(KEYS[i + 4])
-    if among(recents[i], successor) then
+    if was_released(KEYS[i + 4], successor) then
       hand_over = false
       break
     end
@@ -85,7 +88,7 @@ if hand_over then
     if place ~= '' then
       lines().take_place(line, alive, waiter, place, place_ms)
     end
-    remember_release(KEYS[i + 4], token, ARGV[2], recents[i])
+    remember_release(KEYS[i + 4], token, ARGV[2])
   end
   return granted
 end

@@ -9,11 +9,15 @@
 -- was (at least partly) lost before the release: expired, or deleted.
 --
 -- A held name costs five commands, each needed:
---   GET     the name must still hold the caller's token: another holder's stays;
---   DEL     frees it;
---   ZRANGE  the first process in line, the only one woken (nobody: no PUBLISH);
---   GET     the name's tombstone, the tokens recently released there, kept
---   SET PX  with this one in front (one key per name, bounded: see below).
+--   GET      the name must still hold the caller's token: another holder's stays;
+--   DEL      frees it;
+--   ZRANGE   the first process in line, the only one woken (nobody: no PUBLISH);
+--   LPUSH    the name's tombstone, the tokens recently released there, takes this
+--   PEXPIRE  one in front, and lasts `ms` from now (one key per name, bounded: see
+--            remember_release in common.lua, which also trims it, at one release in
+--            RECENT_RELEASES_MAX - RECENT_RELEASES).
+-- A resent release (the name no longer holds the token) costs GET and LPOS instead
+-- of GET, DEL and ZRANGE.
 --
 -- Each released name is published to the first process in its line (see
 -- release_names in common.lua). Each name gets a short-lived tombstone, so that the

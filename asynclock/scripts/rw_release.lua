@@ -42,9 +42,8 @@ if mode ~= 'w' then
     end
   end
 end
-local recent = recent_releases(tombstone)
-if released == 0 and among(recent, token) then
+if released == 0 and was_released(tombstone, token) then
   released = 1
 end
-remember_release(tombstone, token, ARGV[2], recent)
+remember_release(tombstone, token, ARGV[2])
 return released

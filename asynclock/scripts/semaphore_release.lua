@@ -17,14 +17,13 @@ local now = clock_ms()
 local expiry = redis.call('ZSCORE', holders, token)
 redis.call('ZREM', holders, token)
 redis.call('HDEL', permits_key, token)
-local recent = recent_releases(tombstone)
 local released = 0
-if (expiry and tonumber(expiry) > now) or among(recent, token) then
+if (expiry and tonumber(expiry) > now) or was_released(tombstone, token) then
   released = 1
 end
 if expiry then
   redis.call('PUBLISH', holders, '')  -- a permit came back: wake the waiters
 end
 -- Left even when there was nothing to release (see remember_release in common.lua).
-remember_release(tombstone, token, ARGV[2], recent)
+remember_release(tombstone, token, ARGV[2])
 return released
