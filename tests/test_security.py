@@ -22,13 +22,14 @@ ACL_RULES = (
     "+evalsha", "+eval", "+exists", "+publish", "+subscribe", "+unsubscribe",
     "+get", "+set", "+pttl", "+pexpire", "+del", "+time",
     "+zadd", "+zrem", "+zrange", "+zrangebyscore", "+zscore",
+    "+zcard", "+lpos", "+lpush", "+ltrim",
 )  # fmt: skip
 #: What a client on a database other than 0 (a URL ending in /N) needs on top, as
 #: documented in README.md: it selects the database when it connects.
 DATABASE_ACL_RULES = ("+select",)
 #: What a Semaphore needs on top, as documented in README.md.
 SEMAPHORE_ACL_RULES = (
-    "+zcard", "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hvals",
+    "+zremrangebyscore", "+hget", "+hset", "+hdel", "+hvals",
 )  # fmt: skip
 
 
