@@ -6,6 +6,7 @@ Nothing here knows about locks; every other module of the lifecycle may use it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Coroutine
@@ -69,10 +70,15 @@ async def complete_despite_cancel(aw: Coroutine[Any, Any, _T]) -> _T:
     return result
 
 
-# The deadline of the innermost `within` each task runs under: a call below it with
-# a timer of its own that would not fire first (a command's socket timeout) can do
-# without, on the path every release takes.
-_deadlines: dict[asyncio.Task[Any], float] = {}
+# The innermost `within` the current task runs under, as (task, deadline): a call
+# below it with a timer of its own that would not fire first (a command's socket
+# timeout) can do without, on the path every release takes. A context variable, so
+# that a task abandoned inside a `within` leaves nothing behind; the task is kept
+# beside the deadline because a task started inside a `within` copies the context
+# but not the timer, which cancels only the task that set it.
+_bound: contextvars.ContextVar[tuple[asyncio.Task[Any], float] | None] = contextvars.ContextVar(
+    "asynclock_within", default=None
+)
 
 
 async def within(aw: Awaitable[_T], timeout: float) -> _T:
@@ -96,8 +102,11 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    outer = _deadlines.get(task)
-    _deadlines[task] = deadline if outer is None else min(deadline, outer)
+    outer = _bound.get()
+    if outer is not None and outer[0] is task:
+        deadline_set = _bound.set((task, min(deadline, outer[1])))
+    else:
+        deadline_set = _bound.set((task, deadline))
     handle = loop.call_at(deadline, expire)
     try:
         return await aw
@@ -109,20 +118,23 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
         raise
     finally:
         handle.cancel()
-        if outer is None:
-            del _deadlines[task]
-        else:
-            _deadlines[task] = outer
+        _bound.reset(deadline_set)
         if fired:  # expired just as the work finished: take our cancel back
             task.uncancel()
 
 
 def bounded_within(seconds: float) -> bool:
     """Whether the current task runs under a :func:`within` that ends within
-    ``seconds`` from now: its timer then cuts off anything that would take longer."""
-    task = asyncio.current_task()
-    deadline = None if task is None else _deadlines.get(task)
-    return deadline is not None and deadline <= asyncio.get_running_loop().time() + seconds
+    ``seconds`` from now: its timer then cuts off anything that would take longer.
+
+    Not once its time is up: a timer that fired, its cancellation swallowed by a call
+    below (a client library was seen to), cuts off nothing more.
+    """
+    bound = _bound.get()
+    if bound is None or bound[0] is not asyncio.current_task():
+        return False
+    now = asyncio.get_running_loop().time()
+    return now < bound[1] <= now + seconds
 
 
 async def background_done(timeout: float) -> bool:

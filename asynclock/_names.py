@@ -12,7 +12,7 @@ Each name has keys that share its hash tag, and so one Redis Cluster slot (see
   waiting for the name, by arrival and by when their place lapses. A release wakes
   the first of them only; the line never decides who may take the lock (see
   ``scripts/acquire.lua``), and it goes away when nobody waits;
-- ``<prefix>released:{<name>}``: the tombstone, a list of the tokens most recently
+- ``<prefix>releases:{<name>}``: the tombstone, a list of the tokens most recently
   released, gone 30 s after the latest release (see ``remember_release`` in
   ``scripts/common.lua``).
 
@@ -89,7 +89,7 @@ def fence_key(prefix: str, name: str) -> str:
 
 def tombstone_key(prefix: str, name: str) -> str:
     """Return the key that remembers the tokens recently released on ``name``."""
-    return base_key(prefix, "released", name)
+    return base_key(prefix, "releases", name)
 
 
 def line_keys(prefix: str, name: str) -> tuple[str, str]:

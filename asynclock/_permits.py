@@ -10,7 +10,7 @@ locks of the same name:
 - ``...:permits``: a hash of holder token to ``"<permits>:<fence>"``;
 - ``...:limit``: the limit in force while anyone holds the semaphore;
 - ``...:fence``: the fence counter (it expires after a day without an acquire);
-- ``...:released``: the tombstone, the tokens most recently released (see
+- ``...:releases``: the tombstone, the tokens most recently released (see
   ``remember_release`` in ``scripts/common.lua``).
 
 Expiry is computed from the server's clock inside the scripts, never from a client's.
@@ -47,7 +47,7 @@ class SemaphorePermits(SemaphoreShape):
             f"{base}:permits",
             f"{base}:limit",
             f"{base}:fence",
-            f"{base}:released",
+            f"{base}:releases",
         )
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "key", keys[0])

@@ -6,12 +6,13 @@ command packed by hiredis (a dependency of ``redis[hiredis]``; redis-py's own pa
 takes several times longer), ``send_packed_command`` and ``read_response`` under the
 connection's own retry policy, as a redis-py pipeline does, with one timer for the
 connection's ``socket_timeout`` around both (redis-py would spend a task and two
-timers). That leaves out only what ``execute_command`` adds around a command
-(response callbacks, which script replies have none of, and redis-py's own
-metrics). Clients with a connection of their own (``single_connection_client``) go
-through ``execute_command``; on Redis Cluster a script goes to its keys' node on one
-of the cluster client's connections, and through ``execute_command`` only when the
-node redirects it or fails.
+timers), or none when the caller's own time limit (``within``) ends first. That
+leaves out only what ``execute_command`` adds around a command (response callbacks,
+which script replies have none of, and redis-py's own metrics). Clients with a
+connection of their own (``single_connection_client``) go through
+``execute_command``; on Redis Cluster a script goes to its keys' node on one of the
+cluster client's connections, and through ``execute_command`` only when the node
+redirects it or fails.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ locks and semaphores of the same name:
 - ``...:line`` and ``...:line-alive``: the processes waiting to read (``r:<id>``) or
   to write (``w:<id>``), by arrival and by when their place lapses unless renewed;
 - ``...:fence``: the fence counter, the last writer's fencing token;
-- ``...:released``: the tombstone, the tokens most recently released.
+- ``...:releases``: the tombstone, the tokens most recently released.
 
 Who may enter is one rule (``rw_acquire.lua``): nobody ahead of the caller may be in
 its way. A reader enters unless a writer holds or waits ahead of it; a writer enters
@@ -47,7 +47,7 @@ class ReadWriteSide(SideShape):
     def __post_init__(self) -> None:
         base = base_key(self.prefix, "rwlock", self.name)
         parts = ("writer", "readers", "reader-fences", "line", "line-alive", "fence")
-        keys = (*(f"{base}:{part}" for part in parts), f"{base}:released")
+        keys = (*(f"{base}:{part}" for part in parts), f"{base}:releases")
         object.__setattr__(self, "base", base)
         object.__setattr__(self, "keys", (*keys, f"{base}:read", f"{base}:write"))
 

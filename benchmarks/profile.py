@@ -11,7 +11,9 @@ parser) and a private server started on 127.0.0.1 (unless ``--url`` is given):
 For each it prints, per operation (a pair, or a section), the median over the rounds
 of: wall time; the client's CPU time (``time.process_time``); the server's CPU time
 (``INFO cpu``, networking included); the time the server spent in script calls
-(``INFO commandstats``); and the server commands run, scripts' inner ones included.
+(``INFO commandstats``, reset at every round: give ``--url`` a server of your own
+only if its statistics may be lost); and the server commands run, scripts' inner
+ones included.
 Then, unless ``--no-functions``, one more round of each asynclock workload under
 ``cProfile``: the functions that took the most time of their own. ``cProfile`` slows
 the client about twofold and counts each resumption of a coroutine as a call, so its
@@ -225,7 +227,11 @@ async def run(url: str, operations: int, rounds: int, seconds: float, functions:
 def main() -> int:
     """Parse the options, run, print."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
-    parser.add_argument("--url", help="a running server (default: start a private one)")
+    parser.add_argument(
+        "--url",
+        help="a running server, whose statistics are reset (CONFIG RESETSTAT) at every"
+        " round (default: start a private one)",
+    )
     parser.add_argument(
         "--operations",
         type=bounded_int(1, MAX_OPERATIONS),

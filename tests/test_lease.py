@@ -141,3 +141,21 @@ async def test_within_tells_calls_below_it_how_long_they_have() -> None:
 
 async def _probe_elsewhere() -> bool:
     return _bounded_within(60.0)
+
+
+async def test_a_within_whose_time_is_up_bounds_nothing_more() -> None:
+    # A call below swallowed the cancellation of the within's timer (a client library
+    # was seen to): what runs after it must keep timers of its own.
+    seen: list[bool] = []
+
+    async def swallows() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+        seen.append(_bounded_within(60.0))
+
+    await _within(swallows(), 0.02)
+    assert seen == [False]

@@ -44,8 +44,8 @@ def test_names_sharing_a_tag_share_a_slot_and_plain_names_are_readable() -> None
 
 def test_no_two_locks_or_semaphores_share_any_key() -> None:
     # Every key a script touches, tombstones and lines included, for names that end
-    # like another name's keys do (`{t}job` and `{t}job:released`).
-    names = [*TRICKY, "{t}job", "{t}job:released", "{t}job:holders", "{t}job:holders:released"]
+    # like another name's keys do (`{t}job` and `{t}job:releases`).
+    names = [*TRICKY, "{t}job", "{t}job:releases", "{t}job:holders", "{t}job:holders:releases"]
     users: dict[str, tuple[str, str]] = {}
     for name in names:
         for key in NamedLocks("asynclock:", (name,)).keys:

@@ -306,10 +306,10 @@ async def test_a_busy_name_keeps_one_bounded_tombstone(client: redis.Redis) -> N
         tombstone_key(P, "busy"),
         "asynclock:semaphore:{busy-sem}:fence",
         "asynclock:semaphore:{busy-sem}:limit",  # until the last holder's TTL
-        "asynclock:semaphore:{busy-sem}:released",
+        "asynclock:semaphore:{busy-sem}:releases",
     ]
     for key in left:
-        if key.endswith(":released"):
+        if key.endswith(":releases"):
             # At least the 64 latest, cut back to them once past 96.
             assert 64 <= await client.llen(key) <= 96
             assert 0 < await client.pttl(key) <= 30_000
@@ -337,12 +337,12 @@ async def test_a_tombstone_refuses_a_late_acquire_for_at_least_64_releases(
 
 
 async def test_a_tombstone_is_no_other_names_key(client: redis.Redis) -> None:
-    # `{t}job:released` is a name like any other: releases of `{t}job` leave it alone.
-    job, other = NamedLocks(P, ("{t}job",)), NamedLocks(P, ("{t}job:released",))
+    # `{t}job:releases` is a name like any other: releases of `{t}job` leave it alone.
+    job, other = NamedLocks(P, ("{t}job",)), NamedLocks(P, ("{t}job:releases",))
     assert (await other.acquire(client, "theirs", 5000)).acquired
     assert (await job.acquire(client, "mine", 5000)).acquired
     assert await job.release(client, "mine")
-    assert await client.get(owner_key(P, "{t}job:released")) == b"theirs"
+    assert await client.get(owner_key(P, "{t}job:releases")) == b"theirs"
     assert await other.release(client, "theirs")
     assert await job.release(client, "mine")  # resent: the tombstone still counts it
 

@@ -66,8 +66,8 @@ local function next_fence(fence_key)
   return now
 end
 
--- A release's tombstone, one key per name (a lock's `<prefix>released:{<name>}`, a
--- semaphore's `<prefix>semaphore:{<name>}:released`, from asynclock/_names.py and
+-- A release's tombstone, one key per name (a lock's `<prefix>releases:{<name>}`, a
+-- semaphore's `<prefix>semaphore:{<name>}:releases`, from asynclock/_names.py and
 -- asynclock/_semaphore.py), is a list of the tokens most recently released there,
 -- newest first.
 --
@@ -91,7 +91,7 @@ end
 -- of the server's time on an uncontended acquire and release.
 --
 -- The price: a token is remembered for `ms`, or until RECENT_RELEASES later releases
--- of the same name, whichever comes first. Every release counts, so on a name
+-- of the same name (up to RECENT_RELEASES_MAX), whichever comes first. Every release counts, so on a name
 -- released 2,000 times a second that is 32 ms, not 30 s. Past it the cost is
 -- bounded: a release resent by the client library after a lost reply reports the
 -- lease lost (it was released), or an acquire arriving behind its own clean-up holds
