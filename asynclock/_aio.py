@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
@@ -73,11 +74,14 @@ async def complete_despite_cancel(aw: Coroutine[Any, Any, _T]) -> _T:
 # The innermost `within` the current task runs under, as (task, deadline): a call
 # below it with a timer of its own that would not fire first (a command's socket
 # timeout) can do without, on the path every release takes. A context variable, so
-# that a task abandoned inside a `within` leaves nothing behind; the task is kept
+# that a task abandoned inside a `within` leaves nothing behind. The task is kept
 # beside the deadline because a task started inside a `within` copies the context
-# but not the timer, which cancels only the task that set it.
-_bound: contextvars.ContextVar[tuple[asyncio.Task[Any], float] | None] = contextvars.ContextVar(
-    "asynclock_within", default=None
+# but not the timer, which cancels only the task that set it; and kept weakly,
+# because whatever the loop schedules meanwhile keeps a copy of the context for as
+# long as it lives (a connection made inside a `within` keeps its reader's for the
+# connection's life), which must not keep the task and all it holds alive.
+_bound: contextvars.ContextVar[tuple[weakref.ref[asyncio.Task[Any]], float] | None] = (
+    contextvars.ContextVar("asynclock_within", default=None)
 )
 
 
@@ -103,10 +107,10 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     outer = _bound.get()
-    if outer is not None and outer[0] is task:
-        deadline_set = _bound.set((task, min(deadline, outer[1])))
+    if outer is not None and outer[0]() is task:
+        deadline_set = _bound.set((outer[0], min(deadline, outer[1])))
     else:
-        deadline_set = _bound.set((task, deadline))
+        deadline_set = _bound.set((weakref.ref(task), deadline))
     handle = loop.call_at(deadline, expire)
     try:
         return await aw
@@ -131,7 +135,7 @@ def bounded_within(seconds: float) -> bool:
     below (a client library was seen to), cuts off nothing more.
     """
     bound = _bound.get()
-    if bound is None or bound[0] is not asyncio.current_task():
+    if bound is None or bound[0]() is not asyncio.current_task():
         return False
     now = asyncio.get_running_loop().time()
     return now < bound[1] <= now + seconds

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
+import weakref
 
 import pytest
 
@@ -159,3 +161,28 @@ async def test_a_within_whose_time_is_up_bounds_nothing_more() -> None:
 
     await _within(swallows(), 0.02)
     assert seen == [False]
+
+
+async def test_what_the_loop_keeps_from_inside_a_within_keeps_no_task_alive() -> None:
+    # A callback scheduled inside a within keeps a copy of the context for as long as
+    # it lives (a connection made there keeps its reader's for the connection's life):
+    # the task that ran the within must still be collected once done.
+    loop = asyncio.get_running_loop()
+    kept: list[asyncio.TimerHandle] = []
+
+    async def schedule() -> None:
+        kept.append(loop.call_later(3600, lambda: None))
+
+    async def run() -> None:
+        await _within(schedule(), 5.0)
+
+    task = asyncio.create_task(run())
+    await task
+    gone = weakref.ref(task)
+    del task
+    await asyncio.sleep(0)  # the loop drops the handle that woke us with the task
+    gc.collect()
+    try:
+        assert gone() is None
+    finally:
+        kept[0].cancel()
