@@ -186,14 +186,15 @@ async def test_a_cluster_lock_waits_for_the_replica_of_its_own_shard() -> None:
                     if client.get_node_from_key(owner_key("asynclock:", f"jobs:{n}")).port
                     == primary.port
                 )  # fmt: skip
-                async with Mutex(client, name, replicas=1, replica_timeout=0.3) as lease:
+                # A live replica acknowledges at once; 2 s leaves room for a busy machine.
+                async with Mutex(client, name, replicas=1, replica_timeout=2.0) as lease:
                     await lease.extend()
                 with frozen(replica), pytest.raises(LockBackendError, match="replicas"):
                     await Mutex(client, name, replicas=1, replica_timeout=0.3).acquire()
                 assert not await Mutex(client, name).locked()
             # Across slots: each group waits for its own shard's replica.
             names = [f"jobs:{n}" for n in range(6)]
-            async with MultiLock(client, names, replicas=1, replica_timeout=0.3) as lease:
+            async with MultiLock(client, names, replicas=1, replica_timeout=2.0) as lease:
                 assert set(lease.fencing_tokens) == set(names)
         finally:
             await client.aclose()
