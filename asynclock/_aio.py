@@ -131,14 +131,20 @@ def bounded_within(seconds: float) -> bool:
     """Whether the current task runs under a :func:`within` that ends within
     ``seconds`` from now: its timer then cuts off anything that would take longer.
 
-    Not once its time is up: a timer that fired, its cancellation swallowed by a call
-    below (a client library was seen to), cuts off nothing more.
+    Not once its time is up, nor in its last moments: a timer that fired, its
+    cancellation swallowed by a call below (a client library was seen to), cuts off
+    nothing more, and a timer may fire a little early (uvloop's, by up to a
+    millisecond).
     """
     bound = _bound.get()
     if bound is None or bound[0]() is not asyncio.current_task():
         return False
     now = asyncio.get_running_loop().time()
-    return now < bound[1] <= now + seconds
+    return now + _LAST_MOMENTS < bound[1] <= now + seconds
+
+
+# How close to its end a `within` no longer counts as a bound (see bounded_within).
+_LAST_MOMENTS = 0.01
 
 
 async def background_done(timeout: float) -> bool:
