@@ -87,12 +87,12 @@ end
 --
 -- Why a list, read with LPOS: a release and an acquire then never copy the tombstone
 -- into the script. One kept as a string of tokens cost a busy name's every release a
--- read and a write of 2 KiB, and its garbage the script engine's collector: a fifth
--- of the server's time on an uncontended acquire and release.
+-- read and a write of 2 KiB, and its garbage the script engine's collector: about a
+-- sixth of the scripts' time on an uncontended acquire and release.
 --
 -- The price: a token is remembered for `ms`, or until RECENT_RELEASES later releases
--- of the same name (up to RECENT_RELEASES_MAX), whichever comes first. Every release counts, so on a name
--- released 2,000 times a second that is 32 ms, not 30 s. Past it the cost is
+-- of the same name (up to RECENT_RELEASES_MAX), whichever comes first. Every release
+-- counts, so on a name released 2,000 times a second that is 32 ms, not 30 s. Past it the cost is
 -- bounded: a release resent by the client library after a lost reply reports the
 -- lease lost (it was released), or an acquire arriving behind its own clean-up holds
 -- the name, nobody extending it, until its TTL runs out. Neither lets two holders in.
