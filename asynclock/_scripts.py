@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib import resources
@@ -327,11 +327,32 @@ async def run_command(client: Any, *command: Any) -> Any:
             raise
         raise lost from exc
     try:
-        return await conn.retry.call_with_retry(
-            lambda: _send_and_read(conn, command), lambda _error: conn.disconnect()
-        )
+        try:
+            return await _send_and_read(conn, command)
+        except Exception as error:
+            # The connection's retry policy takes over as if it had made this first try
+            # itself (it is handed its error first): the same tries, backoff and
+            # disconnects, without a retry loop and two closures on every call.
+            return await conn.retry.call_with_retry(
+                _tried_once(error, conn, command), lambda _error: conn.disconnect()
+            )
     finally:
         await pool.release(conn)
+
+
+def _tried_once(
+    error: Exception, conn: Any, command: tuple[Any, ...]
+) -> Callable[[], Coroutine[Any, Any, Any]]:
+    """A try for a retry policy whose first call fails with ``error`` (the try already
+    made), and whose later calls send ``command`` on ``conn`` again."""
+    failed: list[Exception] = [error]
+
+    async def attempt() -> Any:
+        if failed:
+            raise failed.pop()
+        return await _send_and_read(conn, command)
+
+    return attempt
 
 
 async def _send_and_read(conn: Any, command: tuple[Any, ...]) -> Any:

@@ -118,7 +118,44 @@ class LeasePolicy:
         replicas: object = 0,
         replica_timeout: object = 1.0,
     ) -> LeasePolicy:
-        """Validate the arguments and return the policy they describe."""
+        """Validate the arguments and return the policy they describe.
+
+        Policies without an ``on_lost`` hook are kept by their arguments (and their
+        types: ``30`` is no ``30.0``, nor ``True`` a ``1``), since a service builds a
+        lock, and so a policy, per request; a hook is not kept alive by a cache.
+        """
+        key: tuple[object, ...] | None = None
+        if on_lost is None:
+            key = (cls, type(ttl), ttl, type(extend_interval), extend_interval,
+                   type(auto_extend), auto_extend, type(max_hold), max_hold,
+                   type(hold_at_least), hold_at_least, type(replicas), replicas,
+                   type(replica_timeout), replica_timeout)  # fmt: skip
+            try:
+                known = _POLICIES.get(key)
+            except TypeError:  # an unhashable argument: refused below
+                known = key = None
+            if known is not None:
+                return known
+        policy = cls._validated(ttl, extend_interval, auto_extend, max_hold, on_lost,
+                                hold_at_least, replicas, replica_timeout)  # fmt: skip
+        if key is not None:
+            if len(_POLICIES) >= _POLICIES_KEPT:
+                _POLICIES.clear()
+            _POLICIES[key] = policy
+        return policy
+
+    @classmethod
+    def _validated(
+        cls,
+        ttl: object,
+        extend_interval: object,
+        auto_extend: object,
+        max_hold: object,
+        on_lost: object,
+        hold_at_least: object,
+        replicas: object,
+        replica_timeout: object,
+    ) -> LeasePolicy:
         checked_ttl = check_seconds(ttl, "ttl", minimum=MIN_TTL, maximum=MAX_KEEP)
         if extend_interval is None:
             interval = checked_ttl / 3
@@ -153,6 +190,12 @@ class LeasePolicy:
             hold_at_least=least,
             replica_wait=_replica_wait(replicas, replica_timeout, interval),
         )
+
+
+# The policies built so far, by their arguments (see LeasePolicy.build): a few per
+# application, so the bound is only a guard against one built from ever new values.
+_POLICIES: dict[tuple[object, ...], LeasePolicy] = {}
+_POLICIES_KEPT: Final = 256
 
 
 def _replica_wait(replicas: object, timeout: object, extend_interval: float) -> ReplicaWait | None:

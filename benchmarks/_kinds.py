@@ -16,10 +16,15 @@ import redis.asyncio as aioredis
 
 from asynclock import LockEvent, MultiLock, Mutex, Semaphore, locked, subscribe
 from asynclock._lock import LeaseLock
-from asynclock._names import DEFAULT_PREFIX, base_key, fence_key, owner_key
+from asynclock._names import DEFAULT_PREFIX, NamedLocks, base_key, fence_key, owner_key
+from asynclock._scripts import Script
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.
 TRIVIAL_SCRIPT = "return 1"
+#: A script that does nothing, sent the way asynclock sends its own: two calls of it,
+#: with an acquire's and a release's keys and arguments, are the floor under any
+#: acquire+release pair of asynclock, whatever the lock does.
+EMPTY_SCRIPT = Script("benchmark_empty", "return {1, 1}")
 #: The TTL of every lock taken, in seconds: far longer than any iteration.
 LOCK_TTL = 30.0
 #: The longest the ``async with`` kind waits for its (free) lock, in seconds.
@@ -59,6 +64,20 @@ class Kind:
         """Every key this kind writes."""
         named = tuple(key for key in (self.owner_key, self.fence_key) if key is not None)
         return named + self.extra_keys
+
+
+def floor_pairs(client: aioredis.Redis, name: str) -> Operation:
+    """Return an operation that runs :data:`EMPTY_SCRIPT` twice, as an acquire and a
+    release of lock ``name`` would run theirs (same keys, same arguments)."""
+    keys = NamedLocks.of(DEFAULT_PREFIX, (name,)).keys
+
+    async def run(n: int) -> None:
+        """``n`` pairs of empty script calls."""
+        for _ in range(n):
+            await EMPTY_SCRIPT(client, keys, ("token", 30000, "", "", 0))
+            await EMPTY_SCRIPT(client, keys, ("token", 30000))
+
+    return run
 
 
 async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
@@ -144,6 +163,7 @@ async def build_kinds(client: aioredis.Redis, tag: str) -> list[Kind]:
     return [
         Kind("ping", "PING", False, ping),
         Kind("evalsha", "EVALSHA 'return 1'", False, evalsha),
+        Kind("floor", "2 empty scripts (the floor)", False, floor_pairs(client, f"{tag}:floor")),
         mutex_kind("mutex", "Mutex acquire+release", reused_name, acquire_release(reused)),
         mutex_kind("with", "async with Mutex(...)", with_name, with_new_mutex),
         mutex_kind(

@@ -6,7 +6,11 @@ parser) and a private server started on 127.0.0.1 (unless ``--url`` is given):
 - ``pair``: one task, an uncontended ``Mutex`` acquire+release (fencing and
   auto-extend on), beside redis-py's ``Lock`` on the same client, rounds interleaved;
 - ``64x0``: 64 coroutines of one process on one name, each section yielding once
-  and otherwise empty: every section is a hand-over inside the process.
+  and otherwise empty: every section is a hand-over inside the process;
+- the floor: two script calls that do nothing (``return {1, 1}``), with the pair's
+  keys and arguments, through asynclock's own way of sending a script. Whatever the
+  lock does, its pair costs at least that; the pair's goal against redis-py's
+  ``Lock`` (a plain ``SET`` and one script) can be no nearer than the floor's ratio.
 
 For each it prints, per operation (a pair, or a section), the median over the rounds
 of: wall time; the client's CPU time (``time.process_time``); the server's CPU time
@@ -43,6 +47,7 @@ import redis.asyncio as aioredis
 from asynclock import Mutex
 from asynclock._server import RedisServer
 
+from ._kinds import floor_pairs
 from .uncontended import bounded_int
 
 #: Upper bound of ``--operations`` and ``--rounds``, so that no typo runs for hours.
@@ -131,6 +136,18 @@ def pairs(lock: Mutex | aioredis.lock.Lock, count: int) -> Callable[[], Awaitabl
     return run
 
 
+def empty_pairs(client: aioredis.Redis, name: str, count: int) -> Callable[[], Awaitable[int]]:
+    """``count`` pairs of empty script calls, with the keys and arguments of an
+    acquire and a release of ``name``: the floor of an acquire+release pair."""
+    floor = floor_pairs(client, name)
+
+    async def run() -> int:
+        await floor(count)
+        return count
+
+    return run
+
+
 def hand_overs(client: aioredis.Redis, name: str, seconds: float) -> Callable[[], Awaitable[int]]:
     """64 coroutines on ``name`` for ``seconds``, sections yielding once; returns the
     sections run."""
@@ -188,20 +205,27 @@ async def run(url: str, operations: int, rounds: int, seconds: float, functions:
         theirs = client.lock("asynclock-profile:redis-py", timeout=30)
         await pairs(mutex, 200)()  # connections made, scripts loaded
         await pairs(theirs, 200)()
-        ours_costs, theirs_costs, section_costs = [], [], []
+        await empty_pairs(client, "asynclock-profile:floor", 200)()
+        ours_costs, theirs_costs, floor_costs, section_costs = [], [], [], []
         for _ in range(rounds):
             ours_costs.append(await measure(client, pairs(mutex, operations)))
             theirs_costs.append(await measure(client, pairs(theirs, operations)))
+            floor_costs.append(
+                await measure(client, empty_pairs(client, "asynclock-profile:floor", operations))
+            )
             section_costs.append(
                 await measure(client, hand_overs(client, "asynclock-profile:64x0", seconds))
             )
         ours, redis_py = median_cost(ours_costs), median_cost(theirs_costs)
+        floor = median_cost(floor_costs)
         lines = [
             HEADER,
             row("Mutex acquire+release", ours),
             row("redis-py Lock acquire+release", redis_py),
+            row("two empty scripts (the floor)", floor),
             row("64 waiters, one section", median_cost(section_costs)),
             f"uncontended pairs/s against redis-py's: {redis_py.wall_us / ours.wall_us:.2f}x",
+            f"the floor's pairs/s against redis-py's: {redis_py.wall_us / floor.wall_us:.2f}x",
         ]
         if functions:
             pair_profile = cProfile.Profile()

@@ -97,10 +97,14 @@ def targets(results: Results) -> list[Target]:
         mutex, peer = report.row("mutex"), report.row("redis-py")
         two_evalsha = 2 * report.row("evalsha").median_us
         ratio = mutex.per_second / peer.per_second
+        # Two empty scripts are as near as any pair of script calls can come: said
+        # beside the figure, since the goal is out of reach whenever they miss it too.
+        floor = report.row("floor")
         found.append(
             Target(
                 "uncontended Mutex acquire+release: pairs/s >= 1.0x redis-py's Lock",
-                f"{ratio:.2f}x ({mutex.median_us:.0f} us against {peer.median_us:.0f} us)",
+                f"{ratio:.2f}x ({mutex.median_us:.0f} us against {peer.median_us:.0f} us;"
+                f" two empty scripts: {floor.per_second / peer.per_second:.2f}x)",
                 ratio >= 1.0,
             )
         )

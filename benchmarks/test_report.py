@@ -15,6 +15,8 @@ def test_the_report_is_printed_and_written_with_its_plot(tmp_path: Path, capsys:
     text = markdown.read_text()
     assert "| Mutex acquire+release |" in text  # the uncontended part, with its floor
     assert "| EVALSHA 'return 1' |" in text
+    assert "| 2 empty scripts (the floor) |" in text
+    assert "two empty scripts: " in text  # beside the pair's target
     assert "| 2 coroutines, 1 name | asynclock Mutex |" in text
     assert "| 2 coroutines, 1 name | python-redis-lock (threads) |" in text
     assert "Server commands per section without contention" in text

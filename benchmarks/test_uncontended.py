@@ -102,7 +102,7 @@ async def fence_value(client: aioredis.Redis, kind: Kind) -> int:
     return int(value)
 
 
-@pytest.mark.parametrize("key", ["ping", "evalsha"])
+@pytest.mark.parametrize("key", ["ping", "evalsha", "floor"])
 def test_round_trip(
     benchmark: Benchmark,
     loop: asyncio.AbstractEventLoop,
@@ -110,7 +110,7 @@ def test_round_trip(
     kinds: dict[str, Kind],
     key: str,
 ) -> None:
-    """One command per operation: the yardsticks."""
+    """The yardsticks: one command per operation, or two empty scripts (the floor)."""
     assert run_rounds(benchmark, loop, kinds[key]) >= OPERATIONS
     loop.run_until_complete(check_clean(client, [kinds[key]]))
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from asynclock import Mutex, Semaphore, _scripts
@@ -416,5 +418,44 @@ async def test_a_script_call_leaves_timeouts_under_maintenance_to_redis_py(redis
         assert await _scripts.run_command(client, "PING") == b"PONG"
         assert seen == [None, 2, None]
         assert conn.socket_timeout == 10  # what redis-py set during the exchange stays
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(("failures", "replies"), [(0, True), (2, True), (3, False)])
+async def test_a_command_is_tried_as_often_as_the_clients_retry_policy_says(
+    redis_url: str, failures: int, replies: bool
+) -> None:
+    # The first try is made outside the policy's loop, and handed to it on failure:
+    # the policy still makes 1 + 2 tries in all, disconnecting after each failure.
+    client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 2))
+    try:
+        await client.ping()
+        conn = client.connection_pool._available_connections[0]
+        sends: list[int] = []
+        send = conn.send_packed_command
+
+        async def failing(packed: Any, *args: Any, **kwargs: Any) -> Any:
+            if b"PING" in b"".join(packed) if isinstance(packed, list) else b"PING" in packed:
+                sends.append(len(sends))  # not the handshake of a reconnection
+                if len(sends) <= failures:
+                    raise RedisConnectionError("lost")
+            return await send(packed, *args, **kwargs)
+
+        disconnects: list[int] = []
+        disconnect = conn.disconnect
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            disconnects.append(1)
+            return await disconnect(*args, **kwargs)
+
+        conn.send_packed_command, conn.disconnect = failing, counted
+        if replies:
+            assert await _scripts.run_command(client, "PING") == b"PONG"
+        else:
+            with pytest.raises(RedisConnectionError):
+                await _scripts.run_command(client, "PING")
+        assert len(sends) == min(failures + 1, 3)
+        assert len(disconnects) == min(failures, 3)
     finally:
         await client.aclose()

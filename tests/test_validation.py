@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +12,9 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from asynclock import ExponentialBackoff, LimitRetries, LinearBackoff, Mutex
+from asynclock import ExponentialBackoff, LimitRetries, LinearBackoff, Mutex, _timing
 from asynclock._server import free_port
+from asynclock._timing import LeasePolicy
 
 BAD_MUTEX_ARGUMENTS: list[tuple[dict[str, Any], type[Exception]]] = [
     ({"name": ""}, ValueError),
@@ -124,3 +127,35 @@ def test_a_client_of_another_library_is_refused() -> None:
     valkey = pytest.importorskip("valkey.asyncio")
     with pytest.raises(TypeError, match="redis-py asyncio client"):
         Mutex(valkey.Valkey(), "x")
+
+
+def test_a_policy_is_built_once_per_arguments_and_their_types() -> None:
+    # Locks made per request share their policy; a cached one must not let a value of
+    # the wrong type through because it equals one seen before (True == 1).
+    assert LeasePolicy.build(7) is LeasePolicy.build(7)
+    assert LeasePolicy.build(7) is not LeasePolicy.build(7.0)
+    LeasePolicy.build(1)
+    with pytest.raises(TypeError):
+        LeasePolicy.build(True)
+    with pytest.raises(TypeError):
+        LeasePolicy.build([7])  # unhashable: refused as before, not by the cache
+
+
+def test_a_policy_with_a_hook_is_not_kept() -> None:
+    class Hook:
+        def __call__(self, loss: object) -> None:
+            pass
+
+    hook = Hook()
+    gone = weakref.ref(hook)
+    first = LeasePolicy.build(7, on_lost=hook)
+    assert LeasePolicy.build(7, on_lost=hook) is not first
+    del hook, first
+    gc.collect()
+    assert gone() is None
+
+
+def test_the_policies_kept_are_bounded() -> None:
+    for milliseconds in range(1000, 1600):
+        LeasePolicy.build(milliseconds / 1000)
+    assert len(_timing._POLICIES) <= _timing._POLICIES_KEPT
