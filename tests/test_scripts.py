@@ -266,6 +266,30 @@ async def test_a_release_hands_over_to_a_successor_unless_another_process_goes_f
     await pubsub.aclose()
 
 
+async def test_a_hand_over_first_in_line_reads_its_place_once(client: redis.Redis) -> None:
+    # The busy process's every section: it is first in line (read to see whose turn
+    # it is) and keeps its place at the back; its place's lapse is read once.
+    lock = NamedLocks(P, ("a",))
+    line, alive = line_keys(P, "a")
+    assert (await lock.acquire(client, "mine", 5000, "p1", "back")).acquired
+    await lock.hand_over(client, "mine", Successor("next", 5000, "p1", "back"))
+    assert await client.zrange(line, 0, -1) == [b"p1"]
+    lapse = await client.zscore(alive, "p1")
+    await client.config_resetstat()
+    result = await lock.hand_over(client, "next", Successor("after", 5000, "p1", "back"))
+    assert result.fencing_tokens is not None
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_zrange"]["calls"] == 1  # whose turn it is
+    assert stats["cmdstat_zscore"]["calls"] == 1
+    assert "cmdstat_zadd" not in stats  # alone in line, its place fresh: kept
+    assert await client.zscore(alive, "p1") == lapse
+    # Its place half gone: the same read shows it, and it is renewed.
+    await client.zadd(alive, {"p1": int(time.time() * 1000) + PLACE_MS // 2 - 100})
+    result = await lock.hand_over(client, "after", Successor("last", 5000, "p1", "back"))
+    assert result.fencing_tokens is not None
+    assert await client.zscore(alive, "p1") > lapse
+
+
 async def test_a_successor_given_up_gets_nothing(client: redis.Redis) -> None:
     lock = NamedLocks(P, ("a",))
     assert (await lock.acquire(client, "mine", 5000)).acquired

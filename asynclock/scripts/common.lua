@@ -125,10 +125,25 @@ local function lines()
   end
   local f = {}
 
+  -- The lapse of a place, read once per script call: a hand-over that looked at the
+  -- first in line (itself, in a busy process) and then keeps its own place needs it
+  -- twice. Forgotten at every write to the places of that line.
+  local seen = {}
+  local function lapse_of(alive, waiter)
+    local known = seen[alive]
+    if known and known[1] == waiter then
+      return known[2]
+    end
+    local lapse = tonumber(redis.call('ZSCORE', alive, waiter) or '0')
+    seen[alive] = {waiter, lapse}
+    return lapse
+  end
+
   -- Give `waiter` a place in a line, renewed for place_ms: at the back (the processes
   -- already waiting go first), or, with `keep`, where it already stands if it does.
   -- The line itself lasts as long as the place: it goes once nobody renews a place.
   function f.stand(line, alive, waiter, place_ms, keep)
+    seen[alive] = nil
     if keep then
       redis.call('ZADD', line, 'NX', clock_us(), waiter)
     else
@@ -141,6 +156,7 @@ local function lines()
 
   -- Take `waiter` out of a line.
   function f.leave(line, alive, waiter)
+    seen[alive] = nil
     redis.call('ZREM', line, waiter)
     redis.call('ZREM', alive, waiter)
   end
@@ -149,17 +165,17 @@ local function lines()
   -- move it to the back (more of its coroutines wait), 'leave' give it up.
   --
   -- 'back' is the path of every section of a lock contended inside one process, so
-  -- it costs two reads when they show the move would change nothing: the process
-  -- stands alone in the line (the back is where it is), with more than half its
-  -- place's time left (a place is renewed by the hand-overs of its busy process,
-  -- and lapses only after place_ms without one). Otherwise four writes.
+  -- it costs two reads (one, when the first in line was read) when they show the
+  -- move would change nothing: the process stands alone in the line (the back is
+  -- where it is), with more than half its place's time left (a place is renewed by
+  -- the hand-overs of its busy process, and lapses only after place_ms without
+  -- one). Otherwise four writes.
   function f.take_place(line, alive, waiter, place, place_ms)
     if place == 'back' then
       if redis.call('ZCARD', line) == 1 then
         -- alive holds no process the line lacks (both change together), so a
         -- place of ours there means the line holds only us.
-        local lapse = tonumber(redis.call('ZSCORE', alive, waiter) or '0')
-        if lapse - clock_ms() > place_ms / 2 then
+        if lapse_of(alive, waiter) - clock_ms() > place_ms / 2 then
           return
         end
       end
@@ -173,8 +189,7 @@ local function lines()
   -- has not lapsed ('' when every place has). Lapsed places are dropped on the way.
   function f.first_alive(line, alive, first)
     local now_ms = clock_ms()
-    local lapse = tonumber(redis.call('ZSCORE', alive, first) or '0')
-    if lapse > now_ms then
+    if lapse_of(alive, first) > now_ms then
       return first
     end
     for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now_ms)) do

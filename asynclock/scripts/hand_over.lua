@@ -43,7 +43,8 @@
 --   ZSCORE       to the back of the line, behind the other processes, and is renewed
 --                (a place lapses unless renewed, so a dead process waits for nobody);
 --                read first, since a process alone in line with a fresh place needs
---                neither (see take_place in common.lua); otherwise also
+--                neither (see take_place in common.lua); the ZSCORE is not sent again
+--                when the process was first in line (read above); otherwise also
 --   ZADD x2      the move and the renewal;
 --   PEXPIRE x2
 --   LPUSH        the tombstone, with the caller's token in front (see release.lua).
