@@ -165,9 +165,10 @@ class Backend(ABC):
 
 def check_client(client: object) -> None:
     """Refuse anything but a backend or a redis-py asyncio client, before any command."""
-    if type(client) in _ACCEPTED_CLIENTS:
-        return
-    if isinstance(client, Backend):
+    # The common case first: an isinstance check against redis-py's asyncio clients is
+    # fast, where the one against its synchronous clients (classes deriving from
+    # typing protocols) takes a microsecond, at every lock object made per request.
+    if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster, Backend)):
         return
     if client is None:
         raise TypeError("client must be a redis.asyncio client or a Backend, not None")
@@ -176,19 +177,10 @@ def check_client(client: object) -> None:
             "asynclock needs an asyncio client: use redis.asyncio.Redis "
             "(or redis.asyncio.RedisCluster), not the synchronous redis.Redis"
         )
-    if not isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster)):
-        # Other clients (valkey-py, coredis, ...) raise their own exception types, which
-        # asynclock could neither retry nor map to LockBackendError.
-        raise TypeError(
-            "client must be a redis-py asyncio client (redis.asyncio.Redis, or "
-            "redis.asyncio.RedisCluster) or an asynclock Backend, not "
-            f"{type(client).__module__}.{type(client).__name__}"
-        )
-    _ACCEPTED_CLIENTS.add(type(client))
-
-
-# The redis-py client classes found to be asyncio clients. Asked at every construction
-# of a primitive (one per request, for locks named after ids): redis-py's clients
-# derive from typing protocols, whose isinstance check takes microseconds, where a
-# lookup by type takes nanoseconds. Whether a class is one never changes.
-_ACCEPTED_CLIENTS: set[type] = set()
+    # Other clients (valkey-py, coredis, ...) raise their own exception types, which
+    # asynclock could neither retry nor map to LockBackendError.
+    raise TypeError(
+        "client must be a redis-py asyncio client (redis.asyncio.Redis, or "
+        "redis.asyncio.RedisCluster) or an asynclock Backend, not "
+        f"{type(client).__module__}.{type(client).__name__}"
+    )

@@ -329,23 +329,25 @@ async def run_command(client: Any, *command: Any) -> Any:
     try:
         try:
             return await _send_and_read(conn, command)
-        except Exception as error:
-            # The connection's retry policy takes over as if it had made this first try
-            # itself (it is handed its error first): the same tries, backoff and
-            # disconnects, without a retry loop and two closures on every call.
-            return await conn.retry.call_with_retry(
-                _tried_once(error, conn, command), lambda _error: conn.disconnect()
-            )
+        except BaseException as exc:
+            error = exc
+        # The connection's retry policy takes over as if it had made this first try
+        # itself (it is handed its error first): the same tries, backoff and
+        # disconnects, without a retry loop and two closures on every call. Out of
+        # the handler, so that the errors of later tries do not chain to the first.
+        return await conn.retry.call_with_retry(
+            _tried_once(error, conn, command), lambda _error: conn.disconnect()
+        )
     finally:
         await pool.release(conn)
 
 
 def _tried_once(
-    error: Exception, conn: Any, command: tuple[Any, ...]
+    error: BaseException, conn: Any, command: tuple[Any, ...]
 ) -> Callable[[], Coroutine[Any, Any, Any]]:
     """A try for a retry policy whose first call fails with ``error`` (the try already
     made), and whose later calls send ``command`` on ``conn`` again."""
-    failed: list[Exception] = [error]
+    failed: list[BaseException] = [error]
 
     async def attempt() -> Any:
         if failed:

@@ -132,7 +132,7 @@ class LeasePolicy:
                    type(replica_timeout), replica_timeout)  # fmt: skip
             try:
                 known = _POLICIES.get(key)
-            except TypeError:  # an unhashable argument: refused below
+            except Exception:  # an unhashable argument (or a broken hash): checked below
                 known = key = None
             if known is not None:
                 return known

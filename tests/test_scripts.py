@@ -477,8 +477,9 @@ async def test_a_command_is_tried_as_often_as_the_clients_retry_policy_says(
         if replies:
             assert await _scripts.run_command(client, "PING") == b"PONG"
         else:
-            with pytest.raises(RedisConnectionError):
+            with pytest.raises(RedisConnectionError) as caught:
                 await _scripts.run_command(client, "PING")
+            assert caught.value.__context__ is None  # not chained to the first try's
         assert len(sends) == min(failures + 1, 3)
         assert len(disconnects) == min(failures, 3)
     finally:
