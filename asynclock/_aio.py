@@ -104,7 +104,9 @@ async def within(aw: Awaitable[_T], timeout: float) -> _T:
         fired = True
         task.cancel()
 
-    loop = asyncio.get_running_loop()
+    # The task's loop, not get_running_loop(): Python 3.11's checks the process id, a
+    # system call, on a path every release takes.
+    loop = task.get_loop()
     deadline = loop.time() + timeout
     outer = _bound.get()
     if outer is not None and outer[0]() is task:
@@ -137,9 +139,12 @@ def bounded_within(seconds: float) -> bool:
     millisecond).
     """
     bound = _bound.get()
-    if bound is None or bound[0]() is not asyncio.current_task():
+    if bound is None:
         return False
-    now = asyncio.get_running_loop().time()
+    task = bound[0]()
+    if task is None or task is not asyncio.current_task():
+        return False
+    now = task.get_loop().time()
     return now + _LAST_MOMENTS < bound[1] <= now + seconds
 
 
