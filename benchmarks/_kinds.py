@@ -16,7 +16,15 @@ import redis.asyncio as aioredis
 
 from asynclock import LockEvent, MultiLock, Mutex, Semaphore, locked, subscribe
 from asynclock._lock import LeaseLock
-from asynclock._names import DEFAULT_PREFIX, NamedLocks, base_key, fence_key, owner_key
+from asynclock._names import (
+    DEFAULT_PREFIX,
+    PLACE_MS,
+    RELEASE_TOMBSTONE_MS,
+    NamedLocks,
+    base_key,
+    fence_key,
+    owner_key,
+)
 from asynclock._scripts import Script
 
 #: The trivial script whose ``EVALSHA`` round trip is the yardstick.
@@ -74,8 +82,8 @@ def floor_pairs(client: aioredis.Redis, name: str) -> Operation:
     async def run(n: int) -> None:
         """``n`` pairs of empty script calls."""
         for _ in range(n):
-            await EMPTY_SCRIPT(client, keys, ("token", 30000, "", "", 0))
-            await EMPTY_SCRIPT(client, keys, ("token", 30000))
+            await EMPTY_SCRIPT(client, keys, ("token", 30000, "", "", PLACE_MS))
+            await EMPTY_SCRIPT(client, keys, ("token", RELEASE_TOMBSTONE_MS))
 
     return run
 

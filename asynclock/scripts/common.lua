@@ -92,10 +92,11 @@ end
 --
 -- The price: a token is remembered for `ms`, or until RECENT_RELEASES later releases
 -- of the same name (up to RECENT_RELEASES_MAX), whichever comes first. Every release
--- counts, so on a name released 2,000 times a second that is 32 ms, not 30 s. Past it the cost is
--- bounded: a release resent by the client library after a lost reply reports the
--- lease lost (it was released), or an acquire arriving behind its own clean-up holds
--- the name, nobody extending it, until its TTL runs out. Neither lets two holders in.
+-- counts, so on a name released 2,000 times a second that is 32 ms, not 30 s. Past
+-- it the cost is bounded: a release resent by the client library after a lost reply
+-- reports the lease lost (it was released), or an acquire arriving behind its own
+-- clean-up holds the name, nobody extending it, until its TTL runs out. Neither lets
+-- two holders in.
 -- A time-bounded record per token (a sorted set pruned by time) would keep the 30 s
 -- on busy names for more memory and more commands a release.
 local RECENT_RELEASES = 64
